@@ -1,0 +1,62 @@
+"""``EpochSummary``: one line per epoch with the logged metrics, and a history to plot."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from tqdm.auto import tqdm
+
+
+class EpochSummary(L.Callback):
+    """Print ``epoch  3/20  train/loss 0.1234  val/loss 0.0987  val/acc 0.9712  (2.1 s)`` at the
+    end of each training epoch (after its validation), above the progress bar, and keep the rows in :attr:`history`.
+
+    Works on any LightningModule: it reads ``trainer.callback_metrics``.
+
+    Args:
+        keys: metric keys to show, in order; ``None`` shows every epoch-level metric.
+        verbose: print the lines (the history is kept either way).
+
+    Example::
+
+        summary = EpochSummary(keys=["train/loss", "val/acc"])
+        trainer = Trainer(callbacks=[summary]); trainer.fit(model, dm)
+        summary.history[-1]["val/acc"]
+    """
+
+    def __init__(self, keys: list[str] | None = None, verbose: bool = True) -> None:
+        self.keys = list(keys) if keys else None
+        self.verbose = verbose
+        self.history: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # validation has run by now and the epoch means of step metrics are computed
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")}
+        metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
+        row = {"epoch": trainer.current_epoch + 1, **metrics}
+        self.history.append(row)
+        self._print(trainer, row)
+
+    @rank_zero_only
+    def _print(self, trainer: L.Trainer, row: dict[str, float]) -> None:
+        if not self.verbose:
+            return
+        keys = self.keys or sorted(k for k in row if k != "epoch")
+        width = len(str(trainer.max_epochs)) if trainer.max_epochs and trainer.max_epochs > 0 else 3
+        parts = [f"epoch {row['epoch']:>{width}}/{trainer.max_epochs}"]
+        parts += [f"{k} {row[k]:.4f}" for k in keys if k in row and math.isfinite(row[k])]
+        parts.append(f"({time.perf_counter() - self._start:.1f} s)")
+        tqdm.write("  ".join(parts))
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))

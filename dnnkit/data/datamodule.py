@@ -1,0 +1,166 @@
+"""In-memory DataModule for MNIST-like sets: splits, class subsets, few-label budgets."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+
+from dnnkit.data.discovery import DATASETS, find_dataset
+from dnnkit.data.idx import read_idx
+from dnnkit.data.loader import TensorLoader
+from dnnkit.errors import DnnkitError, choose
+
+log = logging.getLogger(__name__)
+
+# pixel mean/std of each training set scaled to [0, 1] (checked in shared/datasets/README.md)
+STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+
+
+@functools.lru_cache(maxsize=4)
+def load_arrays(name: str, root: str | None = None, download: bool = True) -> dict[str, torch.Tensor]:
+    """The four tensors of dataset ``name``, read once per process (stages share them)."""
+    files = find_dataset(name, root, download)
+    arrays = {key: read_idx(path, expect_dims=3 if key.endswith("images") else 1) for key, path in files.items()}
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DnnkitError(f"{files[split + '_images']} holds {n_img} images but {files[split + '_labels']} {n_lab} labels")
+        arrays[f"{split}_labels"] = arrays[f"{split}_labels"].long()
+    return arrays
+
+
+def split_indices(
+    labels: torch.Tensor, val_size: int, n_per_class: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, val) indices: a seeded shuffle, the first ``val_size`` for
+    validation, then at most ``n_per_class`` per class from the rest for training."""
+    if not isinstance(val_size, int) or not 0 <= val_size < len(labels):
+        raise DnnkitError(f"val_size must be an integer in [0, {len(labels)}), got {val_size!r}")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:val_size], perm[val_size:]
+    if n_per_class is not None:
+        if not isinstance(n_per_class, int) or n_per_class <= 0:
+            raise DnnkitError(f"n_per_class must be a positive integer or null, got {n_per_class!r}")
+        picked = []
+        for c in labels.unique().tolist():
+            of_c = train[labels[train] == c]
+            if len(of_c) < n_per_class:
+                raise DnnkitError(
+                    f"n_per_class={n_per_class} but class {c} has only {len(of_c)} training images "
+                    f"after the {val_size}-image validation split; use n_per_class <= {len(of_c)}"
+                )
+            picked.append(of_c[:n_per_class])
+        train = torch.cat(picked)
+        train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))]
+    return train, val
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST or Fashion-MNIST held in memory as uint8, batches cut from tensors.
+
+    Args:
+        name: ``mnist`` or ``fashion_mnist``.
+        root: a folder with the four IDX files (else see :mod:`dnnkit.data.discovery`).
+        batch_size: training batch size; evaluation uses ``eval_batch_size``.
+        val_size: validation images taken from the training set (the seed's 5,000).
+        classes: keep only these original labels, remapped to 0..k-1 in the given order.
+        n_per_class: training images per class (few-label experiments); ``None`` keeps all.
+        seed: fixes the split, the subset and the shuffle order.
+        normalize: standardise with the training set's pixel mean/std instead of [0, 1].
+        download: allow a torchvision download when the files are nowhere on disk.
+
+    Example::
+
+        dm = MNISTDataModule("fashion_mnist", classes=[5, 6], n_per_class=100)
+        dm.setup("fit")
+        x, y = next(iter(dm.train_dataloader()))   # x: float32 (200, 1, 28, 28), y in {0, 1}
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str | None = None,
+        batch_size: int = 200,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        classes: Sequence[int] | None = None,
+        n_per_class: int | None = None,
+        seed: int = 0,
+        normalize: bool = False,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        choose("dataset", name, DATASETS)
+        for what, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise DnnkitError(f"data.{what} must be a positive integer, got {value!r}")
+        if classes is not None:
+            classes = [int(c) for c in classes]
+            bad = [c for c in classes if not 0 <= c < 10]
+            if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+                raise DnnkitError(
+                    f"data.classes={classes!r} is invalid: give at least two distinct labels from 0..9 "
+                    f"({', '.join(f'{i}={n}' for i, n in enumerate(DATASETS[name].classes))})"
+                )
+        self.name, self.root, self.download = name, root, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.classes, self.n_per_class, self.seed = val_size, classes, n_per_class, seed
+        self.normalize = normalize
+        self.num_classes = len(classes) if classes else 10
+        names = DATASETS[name].classes
+        self.class_names = [names[c] for c in classes] if classes else list(names)
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _subset(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.classes:
+            return images, labels
+        lut = torch.full((10,), -1, dtype=torch.long)
+        lut[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        keep = lut[labels] >= 0
+        return images[keep], lut[labels[keep]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        arrays = load_arrays(self.name, self.root, self.download)
+        images, labels = self._subset(arrays["train_images"], arrays["train_labels"])
+        train, val = split_indices(labels, self.val_size, self.n_per_class, self.seed)
+        self._splits["train"] = (images[train], labels[train])
+        self._splits["val"] = (images[val], labels[val])
+        self._splits["test"] = self._subset(arrays["test_images"], arrays["test_labels"])
+        if self.classes:
+            mapping = ", ".join(f"{c} ({n}) -> {i}" for i, (c, n) in enumerate(zip(self.classes, self.class_names)))
+            log.info("%s classes remapped: %s", self.name, mapping)
+        log.info(
+            "%s: %d train, %d val, %d test images",
+            self.name, len(self._splits["train"][1]), len(self._splits["val"][1]), len(self._splits["test"][1]),
+        )
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, int64 labels) of ``train``, ``val`` or ``test`` (after :meth:`setup`)."""
+        if not self._splits:
+            self.setup()
+        return self._splits[choose("split", name, self._splits)]
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> TensorLoader:
+        images, labels = self.split(split)
+        mean, std = STATS[self.name] if self.normalize else (None, None)
+        trainer = self.trainer if self._trainer_attached() else None
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None and shuffle else (0, 1)
+        return TensorLoader(images, labels, batch_size, shuffle, self.seed, mean=mean, std=std, rank=rank, world_size=world)
+
+    def _trainer_attached(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

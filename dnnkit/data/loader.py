@@ -1,0 +1,117 @@
+"""A batch loader that cuts batches straight from in-memory tensors.
+
+Lightning over torchvision's PIL-based MNIST calls ``__getitem__`` 55,000 times an epoch and
+collates one-image tensors: on a 2-core CPU that ran 3.8x slower than a hand-written loop
+over tensors, and a ``TensorDataset`` in a ``DataLoader`` 1.45x slower. This loader indexes a
+whole batch at once (one gather), converts uint8 to float32 on the fly and does nothing else.
+
+The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
+batches as one that was never interrupted; ``state_dict`` records how far into the epoch it
+got, and under DDP each rank takes every ``world_size``-th batch of the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dnnkit.errors import DnnkitError
+
+
+class _EpochSampler:
+    """Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at each epoch start."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorLoader:
+    """Iterate ``(x, y)`` batches of ``images`` (uint8, N x H x W) scaled to [0, 1].
+
+    Args:
+        images: uint8 tensor (N, H, W) or (N, C, H, W); batches come out float32 (B, C, H, W).
+        labels: int64 tensor (N,).
+        batch_size: samples per batch; the last batch may be smaller unless ``drop_last``.
+        shuffle: a new order each epoch, drawn from ``(seed, epoch)``.
+        mean, std: standardise after scaling (``None``: keep [0, 1]).
+
+    Example::
+
+        >>> x = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
+        >>> loader = TensorLoader(x, torch.arange(10), batch_size=4)
+        >>> [tuple(b[0].shape) for b in loader]
+        [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        mean: float | None = None,
+        std: float | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise DnnkitError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if len(images) != len(labels):
+            raise DnnkitError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images if images.dim() == 4 else images.unsqueeze(1)
+        self.labels = labels
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.scale = 1.0 / 255.0 if std is None else 1.0 / (255.0 * std)
+        self.shift = 0.0 if mean is None else mean / (std or 1.0)
+        self.rank, self.world_size = rank, world_size
+        self.sampler = _EpochSampler()
+        self.batch_sampler = None  # Lightning inspects DataLoader-like attributes
+        self._skip = 0  # batches of the current epoch served before the checkpoint we resume from
+        self._served = 0
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.labels)
+
+    def _num_batches_total(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        # every rank gets the same number of batches, so collective ops never wait forever
+        return self._num_batches_total() // self.world_size if self.world_size > 1 else self._num_batches_total()
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The sample order of ``epoch`` (identical on every rank)."""
+        if not self.shuffle:
+            return torch.arange(len(self.labels))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.labels), generator=g)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx].float().mul_(self.scale)
+        if self.shift:
+            x.sub_(self.shift)
+        return x, self.labels[idx]
+
+    def __iter__(self):
+        order = self.order(self.sampler.epoch)
+        bs = self.batch_size
+        skip, self._skip = self._skip, 0
+        self._served = skip
+        for i in range(skip, len(self)):
+            b = self.rank + i * self.world_size
+            self._served = i + 1
+            yield self.batch(order[b * bs : (b + 1) * bs])
+
+    # Lightning saves and restores these for mid-epoch resume (the "stateful dataloader" protocol).
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.epoch = state["epoch"]
+        self._skip = state["served"]

@@ -1,0 +1,112 @@
+"""``Classifier``: the LightningModule that dnnkit's recipes train, and a base class for yours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from dnnkit.errors import DnnkitError
+from dnnkit.nn.mlp import MLP
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], object]
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classifier around any backbone that maps a batch to logits.
+
+    Logs ``train/loss`` (per step and per epoch), ``val/loss``, ``val/acc``, ``test/loss`` and
+    ``test/acc``. The optimizer and scheduler arrive as factories, as Hydra builds them from
+    ``_partial_: true`` configs: ``optimizer(params) -> Optimizer`` and
+    ``scheduler(optimizer) -> LRScheduler`` or a Lightning scheduler dict
+    (``{"scheduler": ..., "interval": "step"}``).
+
+    Subclass it and override what differs; :meth:`forward`, :meth:`loss` and
+    :meth:`configure_optimizers` are the usual hooks.
+
+    Args:
+        model: the network (default: an MLP 784-300-100-10, ELU, He init).
+        optimizer: builds the optimizer from the parameters (default: SGD, lr 0.01).
+        scheduler: builds a learning-rate scheduler from the optimizer, or ``None``.
+        num_classes: for the accuracy metric; defaults to ``model.n_outputs``.
+        label_smoothing: passed to cross-entropy.
+
+    Example::
+
+        >>> import functools
+        >>> from dnnkit.nn import MLP
+        >>> class MyNet(Classifier):
+        ...     def loss(self, logits, y):  # e.g. add an L2 penalty on the output layer
+        ...         return super().loss(logits, y) + 1e-4 * self.model.output.weight.square().sum()
+        >>> net = MyNet(MLP(784, [100], 10), optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.model = model if model is not None else MLP()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        num_classes = num_classes or getattr(self.model, "n_outputs", None)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise DnnkitError(f"num_classes must be an integer >= 2 (or the model must have n_outputs), got {num_classes!r}")
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self.loss(logits, y)
+        metric.update(logits, y)
+        self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=split == "val", batch_size=len(y), sync_dist=True)
+        self.log(f"{split}/acc", metric, on_epoch=True, prog_bar=split == "val")
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(dim=1)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01))
+        optimizer = factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if not isinstance(scheduler, dict):
+            scheduler = {"scheduler": scheduler, "interval": "epoch"}
+        scheduler.setdefault("monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,243 @@
+"""Recipes: one or more fits ("stages") in one command, a later stage taking weights from an
+earlier one, ending in one results table.
+
+A config without ``stages`` is one stage named after ``name``. A recipe with ``stages`` lists
+for each stage only what differs from the composed base config::
+
+    stages:
+      A:                                 # pretrain on 8 classes
+        data: {classes: [0, 1, 2, 3, 4, 7, 8, 9]}
+      B_on_A:                            # 2 classes, 200 images, hidden layers from A
+        data: {classes: [5, 6], n_per_class: 100}
+        reuse: {from: A, layers: "hidden.*"}
+        seeds: [0, 1, 2]                 # repeated; the table shows mean and spread
+        published: {metric: test/acc, value: 0.9940, source: "Hands-On ML 2e, ch. 11"}
+
+Merging rules: dicts merge key by key, except that a dict with a different ``_target_``
+replaces the base's whole (switching ``optimizer`` from SGD to Adam drops SGD's ``momentum``),
+and a string under a config-group key names that group's option (``optimizer: adam`` loads
+``conf/optimizer/adam.yaml``). Setting a stage (or a callback) to ``null`` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.errors import DnnkitError, choose
+from dnnkit.nn.surgery import reuse_layers
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR_SOURCE = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR_INSTALLED = Path(__file__).resolve().parent / "conf"
+GROUPS = ("data", "model", "module", "optimizer", "scheduler", "trainer", "logger")
+STAGE_KEYS = ("reuse", "seeds", "published", "fit")  # stage-only keys, not part of the base config
+
+
+def config_dir() -> Path:
+    """``conf/`` of a source checkout, else the copy the wheel installs as ``dnnkit/conf``."""
+    return CONFIG_DIR_SOURCE if (CONFIG_DIR_SOURCE / "config.yaml").is_file() else CONFIG_DIR_INSTALLED
+
+
+def _n_classes(classes) -> int:
+    return len(classes) if classes else 10
+
+
+if not OmegaConf.has_resolver("dnnkit.n_classes"):
+    OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+
+
+# ----------------------------------------------------------------------------- stage configs
+
+
+def group_option(group: str, option: str) -> dict:
+    """The content of ``conf/<group>/<option>.yaml`` as a plain dict."""
+    folder = config_dir() / group
+    options = sorted(p.stem for p in folder.glob("*.yaml"))
+    choose(f"{group} option", option, options)
+    return OmegaConf.to_container(OmegaConf.load(folder / f"{option}.yaml"), resolve=False) or {}
+
+
+def merge(base, over, key: str | None = None):
+    """Merge ``over`` into ``base`` by the rules in the module docstring (plain containers)."""
+    if isinstance(over, str) and key in GROUPS:
+        return group_option(key, over)
+    if isinstance(over, dict) and isinstance(base, dict) and over.get("_target_", base.get("_target_")) == base.get("_target_"):
+        merged = dict(base)
+        for k, v in over.items():
+            merged[k] = merge(base.get(k), v, k if key is None else None)
+        return merged
+    return over
+
+
+def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """``(stage name, full config)`` for each stage, in order."""
+    base = OmegaConf.to_container(cfg, resolve=False)
+    stages = base.pop("stages", None)
+    if not stages:
+        return [(cfg.get("name") or "train", cfg)]
+    if not isinstance(stages, dict):
+        raise DnnkitError(f"stages must be a mapping of stage name -> overrides, got {stages!r}")
+    out = []
+    for name, over in stages.items():
+        if over is None:
+            continue
+        unknown = sorted(set(over) - set(base) - set(STAGE_KEYS))
+        if unknown:
+            raise DnnkitError(f"stage {name!r} sets unknown keys {unknown}; valid: {sorted(set(base) | set(STAGE_KEYS))}")
+        merged = merge(base, over)
+        out.append((name, OmegaConf.create(merged)))
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class StageResult:
+    """What one fit of one stage with one seed produced."""
+
+    stage: str
+    seed: int
+    dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: str | None = None
+    fit_seconds: float = 0.0
+    epochs: int = 0
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "dir": str(self.dir)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StageResult":
+        return cls(**{**data, "dir": Path(data["dir"])})
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training on values that would only fail (or silently misbehave) later."""
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise DnnkitError(f"optimizer.lr must be a positive number, got {lr!r}")
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or epochs < -1 or epochs == 0):
+        raise DnnkitError(f"trainer.max_epochs must be a positive integer (or -1), got {epochs!r}")
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    specs = cfg.get("callbacks") or {}
+    callbacks = [instantiate(spec, _convert_="all") for spec in specs.values() if spec is not None]
+    if OmegaConf.select(cfg, "trainer.enable_progress_bar") is False:
+        # so that `trainer.enable_progress_bar=false` alone turns the bar off
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    model = instantiate(cfg.model, _convert_="all")
+    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return instantiate(cfg.module, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+
+
+def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
+    """Build everything for one stage and seed, fit, test the best checkpoint, return results."""
+    check_config(cfg)
+    L.seed_everything(seed, workers=True, verbose=False)
+    cfg = OmegaConf.merge(cfg, {"seed": seed})
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg)
+    if cfg.get("reuse"):
+        source = cfg.reuse.get("from")
+        if source not in done:
+            raise DnnkitError(f"stage {name!r} reuses from {source!r}, which has not run; earlier stages: {sorted(done)}")
+        runs = done[source]
+        src = next((r for r in runs if r.seed == seed), runs[0])
+        ckpt = src.best_checkpoint
+        report = reuse_layers(module, ckpt, cfg.reuse.get("layers", "hidden.*"))
+        log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
+    callbacks = build_callbacks(cfg)
+    summary = next((c for c in callbacks if isinstance(c, EpochSummary)), None)
+    if summary is None:
+        summary = EpochSummary(verbose=False)
+        callbacks.append(summary)
+    logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir))
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.get("resume") and last.is_file() else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
+        best = str(stage_dir / "checkpoints" / "final.ckpt")
+        trainer.save_checkpoint(best, weights_only=True)
+    if cfg.get("test", True) and hasattr(module, "test_step"):
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
+    return StageResult(name, seed, stage_dir, metrics, summary.history, best or None, fit_seconds, trainer.current_epoch)
+
+
+def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
+    """Run every stage of ``cfg`` (each for each of its seeds) under ``run_dir``; print and
+    save the results table (``results.md``, ``results.json``) and the curves (``curves.png``)."""
+    from dnnkit.report import print_table, save_curves, save_table
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = stage_configs(cfg)
+    done: dict[str, list[StageResult]] = {}
+    results: list[StageResult] = []
+    for name, stage_cfg in stages:
+        seeds = list(stage_cfg.get("seeds") or [stage_cfg.get("seed", 0)])
+        for seed in seeds:
+            stage_dir = run_dir / name / (f"seed{seed}" if len(seeds) > 1 else "")
+            marker = stage_dir / "result.json"
+            if marker.is_file():
+                if not stage_cfg.get("resume"):
+                    raise DnnkitError(
+                        f"{stage_dir} already holds a finished run; pass resume=true to reuse it, "
+                        "or choose another folder with hydra.run.dir=..."
+                    )
+                result = StageResult.from_json(json.loads(marker.read_text()))
+                log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, marker)
+            else:
+                print(f"\n== stage {name}" + (f", seed {seed}" if len(seeds) > 1 else "") + f"  ->  {stage_dir}")
+                result = fit_stage(name, stage_cfg, seed, stage_dir, done)
+                marker.write_text(json.dumps(result.to_json(), indent=1))
+            done.setdefault(name, []).append(result)
+            results.append(result)
+    published = {name: OmegaConf.to_container(c.published) for name, c in stages if c.get("published")}
+    metrics = list(cfg.get("report", {}).get("metrics", ["val/acc", "test/acc"]))
+    title = f"{cfg.get('name') or 'train'}: results"
+    print_table(results, metrics, published, title)
+    save_table(results, metrics, published, run_dir, title)
+    save_curves(results, run_dir / "curves.png", metric=metrics[0])
+    return results
+
+
+def aggregate(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value), ignoring NaN."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def device_summary() -> str:
+    return "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

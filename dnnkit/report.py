@@ -1,0 +1,88 @@
+"""The results table and curves every run ends with (rich in the terminal, Markdown and PNG on disk)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dnnkit.recipe import StageResult, aggregate
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def table_rows(results: list[StageResult], metrics: list[str], published: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per stage, metrics averaged over its seeds."""
+    by_stage: dict[str, list[StageResult]] = defaultdict(list)
+    for r in results:
+        by_stage[r.stage].append(r)
+    header = ["stage", "seeds", "epochs", *metrics, "published", "fit time"]
+    rows = []
+    for stage, runs in by_stage.items():
+        row = [stage, str(len(runs)), str(runs[0].epochs)]
+        for m in metrics:
+            mean, std = aggregate([r.metrics.get(m, math.nan) for r in runs])
+            row.append(_fmt(mean, std, len(runs)))
+        pub = published.get(stage)
+        if pub:
+            mean, _ = aggregate([r.metrics.get(pub["metric"], math.nan) for r in runs])
+            delta = f" (ours {mean - pub['value']:+.4f})" if not math.isnan(mean) else ""
+            row.append(f"{pub['metric']} {pub['value']:.4f}{delta}" + (f" [{pub['source']}]" if pub.get("source") else ""))
+        else:
+            row.append("-")
+        mean, _ = aggregate([r.fit_seconds for r in runs])
+        row.append(f"{mean:.1f} s")
+        rows.append(row)
+    return header, rows
+
+
+def print_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], title: str) -> None:
+    header, rows = table_rows(results, metrics, published)
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, justify="left" if h in ("stage", "published") else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(120, Console().width)).print(table)
+
+
+def save_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], run_dir: Path, title: str) -> None:
+    header, rows = table_rows(results, metrics, published)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
+    (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+
+
+def save_curves(results: list[StageResult], path: Path, metric: str = "val/acc") -> Path | None:
+    """Plot ``metric`` per epoch for every stage and seed; returns the PNG path (None if no data)."""
+    curves = [(r, [(h["epoch"], h[metric]) for h in r.history if metric in h]) for r in results]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, points in curves:
+        seeds = sum(1 for o in results if o.stage == r.stage)
+        label = r.stage if seeds == 1 else f"{r.stage} (seed {r.seed})"
+        ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

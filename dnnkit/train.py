@@ -1,0 +1,50 @@
+"""``python -m dnnkit.train``: compose the config, run the recipe's stages, print one table.
+
+Examples::
+
+    python -m dnnkit.train +recipe=mnist_bn
+    python -m dnnkit.train +recipe=mnist_bn trainer.max_epochs=5 optimizer=adam optimizer.lr=1e-3
+    python -m dnnkit.train -m +recipe=mnist_bn optimizer=momentum,nesterov,adam
+
+A bad value exits with status 2 and one message, without a traceback (set
+``HYDRA_FULL_ERROR=1`` to see it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dnnkit.errors import DnnkitError
+from dnnkit.recipe import config_dir, run_recipe
+
+
+def find_dnnkit_error(err: BaseException) -> DnnkitError | None:
+    """Our error, if ``err`` is one or wraps one (Hydra's instantiate wraps constructor errors)."""
+    while err is not None:
+        if isinstance(err, DnnkitError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        results = run_recipe(cfg, HydraConfig.get().runtime.output_dir)
+    except Exception as err:
+        ours = find_dnnkit_error(err)
+        if ours is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {ours}", file=sys.stderr)
+        sys.exit(2)
+    last = results[-1].metrics if results else {}
+    return last.get("val/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from dnnkit.data import MNISTDataModule, TensorLoader, split_indices
+from dnnkit.errors import DnnkitError
+
+
+def test_splits_are_deterministic_given_the_seed(fake_data):
+    a, b, c = (MNISTDataModule("mnist", val_size=100, seed=s) for s in (1, 1, 2))
+    assert torch.equal(a.split("val")[1], b.split("val")[1])
+    assert torch.equal(a.split("train")[0], b.split("train")[0])
+    assert not torch.equal(a.split("val")[0], c.split("val")[0])
+    assert len(a.split("train")[1]) == 1100 and len(a.split("test")[1]) == 300
+
+
+def test_class_subsets_are_remapped_in_the_given_order(fake_data):
+    dm = MNISTDataModule("fashion_mnist", classes=[6, 5], val_size=50, seed=0)
+    train_x, train_y = dm.split("train")
+    assert set(train_y.tolist()) == {0, 1}
+    assert dm.class_names == ["Shirt", "Sandal"] and dm.num_classes == 2
+    # class 6 lights row band 6 of the synthetic images: it must now carry label 0
+    band6 = train_x[:, 14:16, 4:24].float().mean(dim=(1, 2)) > 200
+    assert torch.equal(band6, train_y == 0)
+
+
+def test_n_per_class_is_exact_and_deterministic(fake_data):
+    a = MNISTDataModule("mnist", n_per_class=7, val_size=100, seed=3)
+    b = MNISTDataModule("mnist", n_per_class=7, val_size=100, seed=3)
+    assert a.split("train")[1].bincount().tolist() == [7] * 10
+    assert torch.equal(a.split("train")[0], b.split("train")[0])
+
+
+def test_split_indices_disjoint():
+    labels = torch.arange(1000) % 10
+    train, val = split_indices(labels, 100, 20, seed=0)
+    assert len(set(train.tolist()) & set(val.tolist())) == 0 and len(train) == 200
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classes": [3, 12]}, r"classes=\[3, 12\] is invalid.*0=0"),
+        ({"classes": [4]}, "at least two distinct"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"name": "cifar"}, "unknown dataset 'cifar'; valid: fashion_mnist, mnist"),
+    ],
+)
+def test_bad_arguments_fail_in_the_constructor(kwargs, message):
+    with pytest.raises(DnnkitError, match=message):
+        MNISTDataModule(**kwargs)
+
+
+def test_n_per_class_larger_than_available(fake_data):
+    dm = MNISTDataModule("mnist", n_per_class=500, val_size=100)
+    with pytest.raises(DnnkitError, match="n_per_class=500 but class .* has only"):
+        dm.setup()
+
+
+def test_loader_scales_and_shuffles_per_epoch():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 2, 2).contiguous()
+    loader = TensorLoader(x, torch.arange(10), batch_size=4, shuffle=True, seed=0)
+    first = torch.cat([y for _, y in loader])
+    again = torch.cat([y for _, y in loader])
+    loader.sampler.set_epoch(1)
+    second = torch.cat([y for _, y in loader])
+    assert sorted(first.tolist()) == list(range(10))
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    xb, yb = next(iter(loader))
+    assert xb.dtype == torch.float32 and torch.allclose(xb[:, 0, 0, 0], yb.float() / 255)
+
+
+def test_loader_shards_by_rank():
+    x = torch.zeros(10, 2, 2, dtype=torch.uint8)
+    seen = [torch.cat([y for _, y in TensorLoader(x, torch.arange(10), 2, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())

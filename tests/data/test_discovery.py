@@ -1,0 +1,62 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dnnkit.data.discovery import DatasetNotFound, find_dataset
+from tests.conftest import write_fake_dataset
+
+
+@pytest.fixture
+def no_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("DNNKIT_DATA_DIR", raising=False)
+    monkeypatch.setenv("DNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("layout", ["", "mnist", "MNIST/raw"])
+def test_data_dir_layouts(no_data, monkeypatch, layout):
+    write_fake_dataset(no_data / "d" / layout, n_train=20, n_test=10, gz=layout != "mnist")
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
+    files = find_dataset("mnist", download=False)
+    assert files["train_images"].parent == no_data / "d" / layout
+
+
+def test_root_argument_comes_first(no_data, monkeypatch):
+    write_fake_dataset(no_data / "root", n_train=20, n_test=10)
+    write_fake_dataset(no_data / "env", n_train=20, n_test=10)
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "env"))
+    assert find_dataset("mnist", root=no_data / "root", download=False)["test_labels"].parent == no_data / "root"
+
+
+def test_fashion_subfolder_names(no_data, monkeypatch):
+    write_fake_dataset(no_data / "d" / "FashionMNIST" / "raw", n_train=20, n_test=10)
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
+    assert find_dataset("fashion_mnist", download=False)["train_labels"].parent.name == "raw"
+
+
+def test_not_found_lists_every_place_and_the_fixes(no_data, monkeypatch):
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "empty"))
+    with pytest.raises(DatasetNotFound) as err:
+        find_dataset("fashion_mnist", root=no_data / "nowhere", download=False)
+    message = str(err.value)
+    for expected in ["root argument", "nowhere", "$DNNKIT_DATA_DIR", "fashion-mnist", "FashionMNIST/raw",
+                     "/usr/share/datasets/fashion-mnist", "apt-get install dataset-fashion-mnist", "To fix"]:
+        assert expected in message
+
+
+def test_cli_without_data_or_network_fails_fast_and_clearly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DNNKIT_DATA_DIR"}
+    env.update(HOME=str(tmp_path), DNNKIT_CACHE_DIR=str(tmp_path / "cache"))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnnkit.train", "data=fashion_mnist", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2
+    assert "dataset 'fashion_mnist' not found" in proc.stderr
+    assert "torchvision download" in proc.stderr and "DNNKIT_DATA_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
