@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
@@ -186,7 +187,7 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
         best = str(stage_dir / "checkpoints" / "final.ckpt")
         trainer.save_checkpoint(best, weights_only=True)
-    if cfg.get("test", True) and hasattr(module, "test_step"):
+    if cfg.get("test", True) and is_overridden("test_step", module):
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
