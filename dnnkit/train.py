@@ -12,8 +12,10 @@ A bad value exits with status 2 and one message, without a traceback (set
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,8 +34,16 @@ def find_dnnkit_error(err: BaseException) -> DnnkitError | None:
     return None
 
 
+def quiet_third_party_noise() -> None:
+    """Drop lines that say nothing about the run: Lightning's advert for its cloud logger and a
+    deprecation warning raised inside Lightning itself."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    quiet_third_party_noise()
     try:
         results = run_recipe(cfg, HydraConfig.get().runtime.output_dir)
     except Exception as err:
