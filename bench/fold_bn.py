@@ -4,11 +4,12 @@ The seed warns that batch norm makes predictions slower and suggests plain ELU +
 predictions must be fast. This bench trains, briefly and on real MNIST, the ``mnist_bn``
 network (784-300-200-10, BN before ELU on each hidden layer and on the logits, LeCun init) and
 the same network without batch norm (ELU + He), folds the first, and times all three side by
-side in one process: rounds alternate between the networks (the order rotates each round) and
-each figure is the median over rounds, so load from other processes hits all three alike.
+side in one process: many short timings taken in turn from each network (A B C, B C A, ...),
+each figure the median of its timings, so a burst of load from other processes hits all three
+alike. Folded and no-BN have the same layers and shapes, so their ratio shows the noise floor.
 
     python -m bench.fold_bn                       # ~1 minute on 2 idle cores
-    python -m bench.fold_bn --epochs 3 --threads 2 --rounds 15
+    python -m bench.fold_bn --epochs 3 --threads 2 --rounds 120
 
 Prints test accuracy, batch-1 and batch-1,000 latency and throughput for each network, and
 whether the folded network is within 5% of the one without batch norm.
@@ -56,29 +57,31 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def seconds_per_call(model: nn.Module, x: torch.Tensor, calls: int) -> float:
-    model(x)  # warm
     start = time.perf_counter()
     for _ in range(calls):
         model(x)
     return (time.perf_counter() - start) / calls
 
 
-def measure(models: dict[str, nn.Module], x1: torch.Tensor, x1000: torch.Tensor, rounds: int) -> dict[str, dict[str, float]]:
-    """Median seconds per call at batch 1 and batch 1,000, rounds alternating between models."""
-    times = {name: {"b1": [], "b1000": []} for name in models}
+@torch.inference_mode()
+def measure(models: dict[str, nn.Module], x: torch.Tensor, samples: int, calls: int) -> dict[str, float]:
+    """Median seconds per call over ``samples`` short timings (``calls`` calls each), taken
+    in turn from each model (A B C, B C A, ...) so that a burst of load hits them alike."""
     names = list(models)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name]["b1"].append(seconds_per_call(models[name], x1, 300))
-            times[name]["b1000"].append(seconds_per_call(models[name], x1000, 10))
-    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+    for model in models.values():
+        model(x)  # warm up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for s in range(samples):
+        for name in names[s % len(names):] + names[: s % len(names)]:
+            times[name].append(seconds_per_call(models[name], x, calls))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per network (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for every network (default 1)")
-    parser.add_argument("--rounds", type=int, default=9, help="timing rounds; figures are medians (default 9)")
+    parser.add_argument("--rounds", type=int, default=60, help="timed batches of 1,000 per network; 5x as many batch-1 timings of 10 calls")
     parser.add_argument("--val-size", type=int, default=5000, help="images held out of training, as in the seed")
     parser.add_argument("--tolerance", type=float, default=0.05, help="folded may be this much slower than no BN")
     args = parser.parse_args(argv)
@@ -99,10 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.inference_mode():
         diff = (models["batch norm (folded)"](test_x) - bn(test_x)).abs().max().item()
     acc = {name: accuracy(m, test_x, test_y) for name, m in models.items()}
-    timing = measure(models, test_x[:1], test_x[:1000], args.rounds)
+    b1 = measure(models, test_x[:1], samples=5 * args.rounds, calls=10)
+    b1000 = measure(models, test_x[:1000], samples=args.rounds, calls=1)
+    timing = {name: {"b1": b1[name], "b1000": b1000[name]} for name in models}
 
     print(f"\nMNIST test set, {len(test_y)} images; CPU, torch {torch.__version__}, {args.threads} thread(s); "
-          f"medians of {args.rounds} alternating rounds; max |folded - unfolded| logit {diff:.1e}\n")
+          f"medians of {5 * args.rounds} (batch 1) and {args.rounds} (batch 1000) alternating timings; max |folded - unfolded| logit {diff:.1e}\n")
     header = f"{'network':<26} {'test acc':>8} {'batch 1 (us)':>13} {'batch 1000 (ms)':>16} {'images/s (b1)':>14} {'images/s (b1000)':>17}"
     print(header)
     print("-" * len(header))
