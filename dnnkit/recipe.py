@@ -191,7 +191,7 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
-    if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module):
+    if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
         export_stage(module.model, cfg, datamodule, best, stage_dir, metrics)
     return StageResult(name, seed, stage_dir, metrics, summary.history, best or None, fit_seconds, trainer.current_epoch)
 
@@ -204,21 +204,18 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
     from dnnkit.nn.export import save_inference_model
     from dnnkit.nn.surgery import load_state_dict
 
-    model = copy.deepcopy(model).cpu()
-    if best and Path(best).is_file():
-        state = load_state_dict(best)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    try:
+    try:  # an export that fails must not lose the fit: warn and go on
+        model = copy.deepcopy(model).cpu()
+        if best and Path(best).is_file():
+            state = load_state_dict(best)
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
         x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
-    except Exception:
-        x = None
-    config = OmegaConf.to_container(cfg.model, resolve=True)
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-    meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
-    try:
-        save_inference_model(model, stage_dir, config, x, meta)
-    except Exception as err:  # torch.export cannot trace every model; model.pt is written first
-        log.warning("stage %s: exporting the inference model stopped: %s", stage_dir.name, err)
+        config = OmegaConf.to_container(cfg.model, resolve=True)
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+        meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
+        save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
+    except Exception as err:
+        log.warning("exporting the inference model to %s failed: %s", stage_dir, err)
 
 
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
