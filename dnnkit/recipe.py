@@ -191,7 +191,31 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
+    if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
+        export_stage(module.model, cfg, datamodule, best, stage_dir, metrics)
     return StageResult(name, seed, stage_dir, metrics, summary.history, best or None, fit_seconds, trainer.current_epoch)
+
+
+def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict) -> None:
+    """Save the best checkpoint's network, batch norm folded, as ``<stage>/model.pt`` (read with
+    ``weights_only=True``) and ``<stage>/model.pt2`` (torch.export); see :mod:`dnnkit.nn.export`."""
+    import copy
+
+    from dnnkit.nn.export import save_inference_model
+    from dnnkit.nn.surgery import load_state_dict
+
+    try:  # an export that fails must not lose the fit: warn and go on
+        model = copy.deepcopy(model).cpu()
+        if best and Path(best).is_file():
+            state = load_state_dict(best)
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
+        config = OmegaConf.to_container(cfg.model, resolve=True)
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+        meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
+        save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
+    except Exception as err:
+        log.warning("exporting the inference model to %s failed: %s", stage_dir, err)
 
 
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:

@@ -1,6 +1,8 @@
 """Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection."""
 
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
+from dnnkit.nn.export import load_inference_model, save_inference_model
+from dnnkit.nn.fold import fold_batchnorm
 from dnnkit.nn.init import init_module_, init_weight_, target_std
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import match_name, select_layers, select_parameters
@@ -10,10 +12,13 @@ __all__ = [
     "MLP",
     "DenseBlock",
     "default_init",
+    "fold_batchnorm",
     "init_module_",
     "init_weight_",
+    "load_inference_model",
     "make_activation",
     "match_name",
+    "save_inference_model",
     "select_layers",
     "select_parameters",
     "target_std",
