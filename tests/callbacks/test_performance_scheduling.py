@@ -4,6 +4,8 @@ key, and cuts param groups added during training."""
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -130,3 +132,33 @@ def test_plateau_mode_max_threshold_and_cooldown():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(DnnkitError, match=message):
         PerformanceScheduling(**kwargs)
+
+
+class RankDependent(Scripted):
+    """Rank 0 logs the plateau script, rank 1 a value that keeps improving (not synced)."""
+
+    def validation_step(self, batch, batch_idx):
+        value = SCRIPT[self.current_epoch] if self.global_rank == 0 else 1.0 - 0.05 * self.current_epoch
+        self.log("val/score", value)
+
+
+class SaveLRs(EpochLR):
+    def __init__(self, folder) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.lrs))
+
+
+@pytest.mark.slow  # spawns two processes
+def test_ddp_ranks_take_the_same_decision(tmp_path):
+    trainer = L.Trainer(
+        max_epochs=len(SCRIPT), accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        callbacks=[PerformanceScheduling("val/score", factor=0.5, patience=3, threshold=0.0), SaveLRs(tmp_path)],
+    )
+    trainer.fit(RankDependent(), train_dataloaders=loader(), val_dataloaders=loader())
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1  # rank 1's own metric never stalls, yet it cuts with rank 0
+    assert [rank0[str(e)][0] for e in range(len(SCRIPT))] == [LR] * 6 + [LR / 2] * 4 + [LR / 4] * 2
