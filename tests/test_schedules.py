@@ -150,3 +150,16 @@ def test_classifier_takes_a_scheduler_config(fake_data):
 def test_bad_arguments(make, message):
     with pytest.raises(DnnkitError, match=message):
         make()
+
+
+def test_recipe_runner_with_a_scheduler_and_performance_scheduling(fake_data, tmp_path):
+    from dnnkit.recipe import run_recipe
+    from tests.conftest import FAST, compose_config
+
+    overrides = ["optimizer=momentum", "scheduler=exponential", "scheduler.schedule.s=1", "trainer.max_epochs=2",
+                 "callbacks=[default,performance_scheduling]", "callbacks.performance_scheduling.patience=3"]
+    cfg = compose_config(FAST + overrides)
+    [result] = run_recipe(cfg, tmp_path / "run")
+    # logged at the end of the 2nd epoch, after Lightning stepped the scheduler: the next epoch's rate
+    assert result.metrics["lr"] == pytest.approx(0.001 * 0.1**2, rel=1e-6)
+    assert result.metrics["lr/reductions"] == 0
