@@ -91,7 +91,8 @@ class PerformanceScheduling(L.Callback):
     so that every process takes the same decision. Every param group of every optimizer is
     cut, those added during training too. Logs ``lr`` (first group; ``lr/groupN`` for others)
     each epoch and ``lr/reductions``, and writes a line to the log at each cut. Its counters
-    are saved in checkpoints, so a fit resumed mid-plateau continues the count.
+    are saved in checkpoints, so a fit resumed mid-plateau continues the count. Don't combine it
+    with a scheduler that sets the rate itself every step or epoch: that would undo the cuts.
 
     Args:
         monitor: any logged key, e.g. ``val/loss`` or ``val/acc``.
@@ -162,6 +163,10 @@ class PerformanceScheduling(L.Callback):
         metrics["lr/reductions"] = float(len(self.reductions))
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.evaluations == 0 and trainer.is_global_zero:
+            log.warning("PerformanceScheduling never ran: no validation happened during fit (it acts after each validation run)")
 
     def state_dict(self) -> dict:
         return {"plateau": self.plateau.state_dict(), "evaluations": self.evaluations, "reductions": self.reductions}
