@@ -187,11 +187,12 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
         best = str(stage_dir / "checkpoints" / "final.ckpt")
         trainer.save_checkpoint(best, weights_only=True)
+    history = list(summary.history)  # testing from `best` reloads callback states: EpochSummary's history up to that epoch
     if cfg.get("test", True) and is_overridden("test_step", module):
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
-    return StageResult(name, seed, stage_dir, metrics, summary.history, best or None, fit_seconds, trainer.current_epoch)
+    return StageResult(name, seed, stage_dir, metrics, history, best or None, fit_seconds, trainer.current_epoch)
 
 
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:

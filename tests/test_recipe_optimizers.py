@@ -19,3 +19,11 @@ def test_optimizers_recipe_smoke(fake_data, tmp_path):
     assert all(f"| {s} |" in table for s in STAGES)
     assert "val/acc 0.8708" in table and "Hands-On ML 3e" in table
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_history_keeps_every_epoch_after_testing_the_best_checkpoint(fake_data, tmp_path):
+    # testing from best.ckpt restores callback states; the curves must still cover every epoch
+    cfg = compose_config(["+recipe=optimizers", *FAST, "trainer.max_epochs=3", "callbacks.checkpoint.monitor=train/loss",
+                          "callbacks.checkpoint.mode=max", "+stages={sgd: null, momentum: null, nesterov: null, adagrad: null, rmsprop: null, adamw: null, nadam: null}"])
+    [result] = run_recipe(cfg, tmp_path / "run")  # best (max train loss) is epoch 1
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
