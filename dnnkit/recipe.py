@@ -187,13 +187,14 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
         best = str(stage_dir / "checkpoints" / "final.ckpt")
         trainer.save_checkpoint(best, weights_only=True)
+    history = list(summary.history)  # testing from `best` reloads callback states: EpochSummary's history up to that epoch
     if cfg.get("test", True) and is_overridden("test_step", module):
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
     if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
         export_stage(module.model, cfg, datamodule, best, stage_dir, metrics)
-    return StageResult(name, seed, stage_dir, metrics, summary.history, best or None, fit_seconds, trainer.current_epoch)
+    return StageResult(name, seed, stage_dir, metrics, history, best or None, fit_seconds, trainer.current_epoch)
 
 
 def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict) -> None:

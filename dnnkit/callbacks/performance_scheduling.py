@@ -1,0 +1,177 @@
+"""``PerformanceScheduling``: cut the learning rate when a validation metric stops improving.
+
+The book's performance scheduling (Keras ``ReduceLROnPlateau(factor=0.5, patience=5)``) as a
+callback that works on any LightningModule and with any optimizer, including param groups
+added after training started (unfreezing adds them; Lightning issue 8720 reports PyTorch's
+``ReduceLROnPlateau`` failing there, since it fixes the number of groups when built).
+
+Counting follows Keras: the rate is cut after ``patience`` evaluations in a row without
+improvement (PyTorch's ``ReduceLROnPlateau`` waits for ``patience + 1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+
+from dnnkit.errors import DnnkitError, choose
+
+log = logging.getLogger(__name__)
+
+
+class Plateau:
+    """The counting, without Lightning: feed one value per evaluation to :meth:`update`; it
+    returns True when the rate should be cut now.
+
+    Example::
+
+        >>> p = Plateau(mode="min", patience=2)
+        >>> [p.update(v) for v in [1.0, 0.9, 0.95, 0.92, 0.91, 0.93]]
+        [False, False, False, True, False, True]
+    """
+
+    def __init__(self, mode: str = "min", patience: int = 5, threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0) -> None:
+        self.mode = choose("mode", mode, ["min", "max"])
+        self.threshold_mode = choose("threshold_mode", threshold_mode, ["rel", "abs"])
+        for name, value in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "patience" else 0):
+                raise DnnkitError(f"{name} must be an integer >= {1 if name == 'patience' else 0}, got {value!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
+            raise DnnkitError(f"threshold must be a number >= 0, got {threshold!r}")
+        self.patience, self.threshold, self.cooldown = patience, float(threshold), cooldown
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad = 0  # evaluations in a row without improvement (outside cooldown)
+        self.cooldown_left = 0
+
+    def improved(self, value: float) -> bool:
+        """Better than the best by more than the threshold (relative or absolute), as in PyTorch."""
+        if math.isinf(self.best):
+            return not math.isnan(value)
+        margin = self.threshold * abs(self.best) if self.threshold_mode == "rel" else self.threshold
+        return value < self.best - margin if self.mode == "min" else value > self.best + margin
+
+    def update(self, value: float) -> bool:
+        if self.improved(value):
+            self.best, self.num_bad = value, 0
+        elif self.cooldown_left == 0:  # the `cooldown` evaluations after a cut don't count
+            self.num_bad += 1
+        self.cooldown_left = max(self.cooldown_left - 1, 0)
+        if self.num_bad < self.patience:
+            return False
+        self.num_bad, self.cooldown_left = 0, self.cooldown
+        return True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "num_bad": self.num_bad, "cooldown_left": self.cooldown_left}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.num_bad, self.cooldown_left = float(state["best"]), int(state["num_bad"]), int(state["cooldown_left"])
+
+
+def reduce_lr(optimizers, factor: float, min_lr: float) -> list[list[float]]:
+    """Multiply every param group's rate by ``factor``, not below ``min_lr``; ``(old, new)`` per group."""
+    changes = []
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            old = float(group["lr"])
+            new = max(old * factor, min_lr) if old > min_lr else old
+            group["lr"] = new
+            changes.append([old, new])
+    return changes
+
+
+class PerformanceScheduling(L.Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved for
+    ``patience`` evaluations (validation runs), e.g. the book's ``factor=0.5, patience=5``.
+
+    Reads ``trainer.callback_metrics`` after each validation run (not the sanity check); log the
+    monitored metric with ``sync_dist=True`` under DDP, and the value rank 0 sees is broadcast
+    so that every process takes the same decision. Every param group of every optimizer is
+    cut, those added during training too. Logs ``lr`` (first group; ``lr/groupN`` for others)
+    each epoch and ``lr/reductions``, and writes a line to the log at each cut. Its counters
+    are saved in checkpoints, so a fit resumed mid-plateau continues the count. Don't combine it
+    with a scheduler that sets the rate itself every step or epoch: that would undo the cuts.
+
+    Args:
+        monitor: any logged key, e.g. ``val/loss`` or ``val/acc``.
+        mode: ``min`` (loss) or ``max`` (accuracy).
+        factor: multiplies the rate at each cut, in (0, 1).
+        patience: evaluations without improvement before a cut.
+        threshold: improvement smaller than this does not count (relative to the best
+            value with ``threshold_mode="rel"``, absolute with ``"abs"``).
+        cooldown: evaluations after a cut during which no counting happens.
+        min_lr: no group's rate is cut below this.
+
+    Example::
+
+        trainer = L.Trainer(callbacks=[PerformanceScheduling("val/loss", factor=0.5, patience=5)])
+        trainer.fit(any_module, datamodule)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        factor: float = 0.5,
+        patience: int = 5,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise DnnkitError(f"monitor must be a logged metric key such as 'val/loss', got {monitor!r}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+            raise DnnkitError(f"factor must be in (0, 1), got {factor!r}")
+        if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or min_lr < 0:
+            raise DnnkitError(f"min_lr must be a number >= 0, got {min_lr!r}")
+        self.monitor, self.factor, self.min_lr = monitor, float(factor), float(min_lr)
+        self.plateau = Plateau(mode, patience, threshold, threshold_mode, cooldown)
+        self.evaluations = 0
+        self.reductions: list[dict] = []  # {"evaluation", "step", "epoch", "lr": [(old, new), ...]}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            logged = sorted(trainer.callback_metrics)
+            raise DnnkitError(
+                f"PerformanceScheduling monitors {self.monitor!r}, which was never logged; logged keys: "
+                + (", ".join(logged) if logged else "none (log one with self.log in validation_step)")
+            )
+        # DDP: every rank takes rank 0's value, so the cut happens everywhere or nowhere
+        value = float(trainer.strategy.broadcast(float(value), src=0))
+        self.evaluations += 1
+        if self.plateau.update(value):
+            changes = reduce_lr(trainer.optimizers, self.factor, self.min_lr)
+            self.reductions.append(
+                {"evaluation": self.evaluations, "step": trainer.global_step, "epoch": trainer.current_epoch, "lr": changes}
+            )
+            if trainer.is_global_zero:
+                log.info(
+                    "PerformanceScheduling: %s has not improved on %.6g for %d evaluations; lr %s",
+                    self.monitor, self.plateau.best, self.plateau.patience,
+                    ", ".join(f"{old:.3g} -> {new:.3g}" for old, new in changes),
+                )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        metrics = {("lr" if i == 0 else f"lr/group{i}"): float(lr) for i, lr in enumerate(lrs)}
+        metrics["lr/reductions"] = float(len(self.reductions))
+        for key, value in metrics.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.evaluations == 0 and trainer.is_global_zero:
+            log.warning("PerformanceScheduling never ran: no validation happened during fit (it acts after each validation run)")
+
+    def state_dict(self) -> dict:
+        return {"plateau": self.plateau.state_dict(), "evaluations": self.evaluations, "reductions": self.reductions}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.plateau.load_state_dict(state_dict["plateau"])
+        self.evaluations = int(state_dict.get("evaluations", 0))
+        self.reductions = list(state_dict.get("reductions", []))
