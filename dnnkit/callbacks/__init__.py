@@ -1,5 +1,6 @@
 """Callbacks: each works on any LightningModule, keeps its state through ``ckpt_path`` resume."""
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.layer_freezing import LayerFreezing
 
-__all__ = ["EpochSummary"]
+__all__ = ["EpochSummary", "LayerFreezing"]
