@@ -1,20 +1,29 @@
-"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection."""
+"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection,
+freezing and surgery."""
 
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
+from dnnkit.nn.freeze import freeze, unfreeze
 from dnnkit.nn.init import init_module_, init_weight_, target_std
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import match_name, select_layers, select_parameters
+from dnnkit.nn.surgery import load_state_dict, replace_layer, restack, reuse_layers
 
 __all__ = [
     "ACTIVATIONS",
     "MLP",
     "DenseBlock",
     "default_init",
+    "freeze",
     "init_module_",
     "init_weight_",
+    "load_state_dict",
     "make_activation",
     "match_name",
+    "replace_layer",
+    "restack",
+    "reuse_layers",
     "select_layers",
     "select_parameters",
     "target_std",
+    "unfreeze",
 ]
