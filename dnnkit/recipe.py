@@ -42,6 +42,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.errors import DnnkitError, choose
 from dnnkit.nn.surgery import restack, reusable_layers, reuse_layers
 
@@ -181,6 +182,9 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
     callbacks = build_callbacks(cfg)
+    for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
+        if isinstance(callback, LayerFreezing):
+            datamodule = callback.cached_datamodule(module, datamodule)
     summary = next((c for c in callbacks if isinstance(c, EpochSummary)), None)
     if summary is None:
         summary = EpochSummary(verbose=False)

@@ -16,8 +16,9 @@ its running statistics, dropout is off. The unfreeze decision depends only on th
 number, so every DDP rank takes it at the same step.
 
 With ``cache=True`` (the default) the recipe runner computes the outputs of frozen layers that
-form the bottom of the network once and trains the rest on them; see
-:mod:`dnnkit.data.feature_cache`. The callback alone (in your own Trainer) only freezes.
+form the bottom of the network once and trains the rest on them (:meth:`cached_datamodule`,
+:mod:`dnnkit.data.feature_cache`). In your own Trainer the callback only freezes unless you
+pass ``datamodule=cb.cached_datamodule(model, datamodule)`` to ``fit``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import warnings
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from dnnkit.data.feature_cache import CachedDataModule
 from dnnkit.errors import DnnkitError
-from dnnkit.nn.freeze import describe, freeze, resolve, unfreeze
+from dnnkit.nn.freeze import NotABottom, describe, freeze, frozen_bottom, resolve, skip, unfreeze, unskip
 from dnnkit.nn.select import compile_pattern, match_name
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class LayerFreezing(L.Callback):
         self.frozen_layers: dict = {}
         self.unfrozen_layers: list[str] = []  # names, after the unfreeze
         self._restore: list[str] = []
+        self._skipped: list = []
 
     # ------------------------------------------------------------------ pure parts
 
@@ -102,6 +105,30 @@ class LayerFreezing(L.Callback):
     def caches(self) -> bool:
         """Whether the frozen layers stay frozen for the whole fit (so caching them is exact)."""
         return bool(self.cache) and self.unfreeze_at_epoch is None
+
+    def cached_datamodule(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """``datamodule`` wrapped in a :class:`~dnnkit.data.feature_cache.CachedDataModule` when
+        the frozen layers are the bottom of ``pl_module``'s network and stay frozen (``cache``
+        on, no ``unfreeze_at_epoch``); the frozen layers then pass their input through. Else
+        ``datamodule`` itself. Call before ``trainer.fit``; :meth:`restore_layers` undoes it.
+        """
+        if not self.caches:
+            return datamodule
+        frozen = freeze(pl_module, self.frozen, self.trainable)
+        try:
+            bottom, layers = frozen_bottom(pl_module, list(frozen))
+        except NotABottom as why:
+            self._print(f"LayerFreezing: not caching the frozen layers: {why}")
+            return datamodule
+        skip(layers)
+        self._skipped = layers
+        self._print(f"LayerFreezing: caching the outputs of {', '.join(frozen)}: the upper layers train on them")
+        return CachedDataModule(datamodule, bottom)
+
+    def restore_layers(self) -> None:
+        """Let the cached (skipped) layers compute again, e.g. to predict from raw images."""
+        unskip(self._skipped)
+        self._skipped = []
 
     # ------------------------------------------------------------------ hooks
 

@@ -14,10 +14,13 @@ Either form the book uses selects what is frozen: ``frozen="hidden[12]"``, or
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from dnnkit.errors import DnnkitError
+from dnnkit.nn.mlp import MLP
 from dnnkit.nn.select import select_layers
 
 
@@ -116,3 +119,66 @@ def describe(layers: dict[str, nn.Module]) -> str:
     """``hidden1, hidden2 (235,500 parameters)`` for logs."""
     n = sum(p.numel() for layer in layers.values() for p in layer.parameters())
     return f"{', '.join(layers) or '(none)'} ({n:,} parameters)"
+
+
+# ----------------------------------------------------------------------------- caching support
+
+
+class NotABottom(Exception):
+    """The frozen layers are not the bottom of a sequential model (so their outputs cannot be cached)."""
+
+
+def frozen_bottom(module: nn.Module, names: list[str]) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]:
+    """If the layers ``names`` are the first children of a model whose forward applies its
+    children in order (an :class:`~dnnkit.nn.MLP` or an ``nn.Sequential``) inside ``module``,
+    return a function computing their output from an input batch, and the layers.
+
+    Example::
+
+        >>> from dnnkit.nn import MLP
+        >>> wrapper = nn.Module(); wrapper.model = MLP(784, [30, 20, 10], 2)
+        >>> bottom, layers = frozen_bottom(wrapper, ["model.hidden1", "model.hidden2"])
+        >>> bottom(torch.zeros(5, 1, 28, 28)).shape
+        torch.Size([5, 20])
+    """
+    if not names:
+        raise NotABottom("nothing is frozen")
+    parents = {n.rpartition(".")[0] for n in names}
+    if len(parents) != 1:
+        raise NotABottom(f"the frozen layers {names} do not share one parent")
+    parent_name = parents.pop()
+    parent = module.get_submodule(parent_name) if parent_name else module
+    if not isinstance(parent, (MLP, nn.Sequential)):
+        raise NotABottom(f"{parent_name or 'the module'} is a {type(parent).__name__}, not an MLP or nn.Sequential")
+    children = [n for n, _ in parent.named_children()]
+    local = [n.rpartition(".")[2] for n in names]
+    if local != children[: len(local)] or len(local) == len(children):
+        raise NotABottom(f"the frozen layers {local} are not the bottom of {children}")
+    layers = [getattr(parent, n) for n in local]
+    flatten = isinstance(parent, MLP)
+
+    @torch.no_grad()
+    def bottom(x: torch.Tensor) -> torch.Tensor:
+        if flatten:
+            x = x.flatten(1)
+        for layer in layers:
+            x = type(layer).forward(layer, x)  # the class's forward, even while skip() is on
+        return x
+
+    return bottom, layers
+
+
+def _passthrough(x, *args, **kwargs):
+    return x
+
+
+def skip(layers: list[nn.Module]) -> None:
+    """Make ``layers`` pass their input through (their weights stay in the state_dict):
+    the model then takes the cached outputs of these layers as its input."""
+    for layer in layers:
+        layer.forward = _passthrough
+
+
+def unskip(layers: list[nn.Module]) -> None:
+    for layer in layers:
+        layer.__dict__.pop("forward", None)
