@@ -156,7 +156,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def build_module(cfg: DictConfig) -> L.LightningModule:
     model = instantiate(cfg.model, _convert_="all")
     reuse = cfg.get("reuse") or {}
-    surgery = {k: reuse[k] for k in ("drop", "add", "n_outputs") if reuse.get(k) is not None}
+    surgery = {k: reuse[k] for k in ("drop", "add", "n_outputs", "init", "init_distribution") if reuse.get(k) is not None}
     if surgery:  # the stage's model is the source's shape; reshape it before the weights are copied
         model = restack(model, **OmegaConf.to_container(OmegaConf.create(surgery)))
     optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
