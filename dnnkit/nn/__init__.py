@@ -1,5 +1,5 @@
 """Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection,
-freezing and surgery."""
+freezing, surgery and the torchvision model zoo."""
 
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
 from dnnkit.nn.freeze import freeze, unfreeze
@@ -7,11 +7,13 @@ from dnnkit.nn.init import init_module_, init_weight_, target_std
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import match_name, select_layers, select_parameters
 from dnnkit.nn.surgery import load_state_dict, replace_layer, restack, reuse_layers
+from dnnkit.nn.zoo import ZooNet
 
 __all__ = [
     "ACTIVATIONS",
     "MLP",
     "DenseBlock",
+    "ZooNet",
     "default_init",
     "freeze",
     "init_module_",
