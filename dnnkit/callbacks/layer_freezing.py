@@ -13,7 +13,9 @@ A thin callback over :mod:`dnnkit.nn.freeze`, modelled on Lightning's ``BaseFine
 
 Frozen layers are in eval mode for the whole time they are frozen: batch norm uses and keeps
 its running statistics, dropout is off. The unfreeze decision depends only on the epoch
-number, so every DDP rank takes it at the same step.
+number, so every DDP rank takes it at the same step; but DDP only synchronises parameters that
+required gradients when it wrapped the model, so under DDP unfreezing mid-fit is not supported
+(a limitation Lightning's ``BaseFinetuning`` shares); freezing for the whole fit is.
 
 With ``cache=True`` (the default) the recipe runner computes the outputs of frozen layers that
 form the bottom of the network once and trains the rest on them (:meth:`cached_datamodule`,
@@ -180,10 +182,14 @@ class LayerFreezing(L.Callback):
             optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
             for config in trainer.lr_scheduler_configs:  # schedulers keep one base LR per group
                 scheduler = config.scheduler
-                if getattr(scheduler, "optimizer", None) is optimizer and hasattr(scheduler, "base_lrs"):
+                if getattr(scheduler, "optimizer", None) is not optimizer:
+                    continue
+                if hasattr(scheduler, "base_lrs"):
                     scheduler.base_lrs.append(lr)
-                    if hasattr(scheduler, "_last_lr"):
-                        scheduler._last_lr.append(lr)
+                if isinstance(getattr(scheduler, "_last_lr", None), list):
+                    scheduler._last_lr.append(lr)
+                if isinstance(getattr(scheduler, "min_lrs", None), list):  # ReduceLROnPlateau
+                    scheduler.min_lrs.append(scheduler.min_lrs[-1])
         if not restoring:
             self._print(
                 f"LayerFreezing: epoch {trainer.current_epoch}: unfroze {describe(layers)} "

@@ -123,3 +123,17 @@ def test_bad_arguments():
 def test_pattern_matching_nothing_fails_at_setup(tmp_path):
     with pytest.raises(DnnkitError, match="'hidden\\[12\\]' matches no layer of PlainNet; layers are: features, "):
         trainer(tmp_path, 1, [LayerFreezing(frozen="hidden[12]")]).fit(PlainNet(), loader())
+
+
+def test_unfreeze_under_a_scheduler(tmp_path):
+    class Scheduled(PlainNet):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+    L.seed_everything(0)
+    t = trainer(tmp_path, 4, [LayerFreezing(frozen="features", unfreeze_at_epoch=1, unfreeze_lr=0.01, verbose=False)], enable_checkpointing=False)
+    t.fit(Scheduled(only_trainable=True), loader(), loader())
+    groups = t.optimizers[0].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] <= 0.01  # the plateau scheduler acts on the new group too
