@@ -17,6 +17,11 @@ Merging rules: dicts merge key by key, except that a dict with a different ``_ta
 replaces the base's whole (switching ``optimizer`` from SGD to Adam drops SGD's ``momentum``),
 and a string under a config-group key names that group's option (``optimizer: adam`` loads
 ``conf/optimizer/adam.yaml``). Setting a stage (or a callback) to ``null`` removes it.
+
+``reuse`` may also reshape the model before copying (:func:`dnnkit.nn.surgery.restack`):
+``reuse: {from: A, drop: "hidden[45]|output", add: [20]}`` builds the stage's model (by default
+the same shape as A's), drops its top two hidden layers and output, adds a new 20-unit
+``hidden4`` and a new output, then copies every layer it kept (hidden1-3) from A.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.errors import DnnkitError, choose
-from dnnkit.nn.surgery import reuse_layers
+from dnnkit.nn.surgery import restack, reusable_layers, reuse_layers
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +155,10 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
     model = instantiate(cfg.model, _convert_="all")
+    reuse = cfg.get("reuse") or {}
+    surgery = {k: reuse[k] for k in ("drop", "add", "n_outputs", "init", "init_distribution") if reuse.get(k) is not None}
+    if surgery:  # the stage's model is the source's shape; reshape it before the weights are copied
+        model = restack(model, **OmegaConf.to_container(OmegaConf.create(surgery)))
     optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return instantiate(cfg.module, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
@@ -168,9 +178,13 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         runs = done[source]
         src = next((r for r in runs if r.seed == seed), runs[0])
         ckpt = src.best_checkpoint
-        report = reuse_layers(module, ckpt, cfg.reuse.get("layers", "hidden.*"))
+        layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
+        report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
     callbacks = build_callbacks(cfg)
+    for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
+        if isinstance(callback, LayerFreezing):
+            datamodule = callback.cached_datamodule(module, datamodule)
     summary = next((c for c in callbacks if isinstance(c, EpochSummary)), None)
     if summary is None:
         summary = EpochSummary(verbose=False)

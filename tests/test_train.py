@@ -79,3 +79,17 @@ def test_cli_bad_value_is_one_message(fake_data, tmp_path):
     )
     assert proc.returncode == 2
     assert "unknown activation 'relu6'; valid:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reuse_with_drop_and_add_is_one_stage(fake_data, tmp_path):
+    stages = (
+        "+stages={A: {model: {hidden: [40, 30, 30, 30, 30]}}, "
+        "B: {model: {hidden: [40, 30, 30, 30, 30]}, reuse: {from: A, drop: 'hidden[45]|output', add: [20]}, "
+        "trainer: {limit_train_batches: 0}}}"
+    )
+    results = run_recipe(compose_config(FAST + [stages]), tmp_path / "run")
+    a, b = (load_state_dict(r.best_checkpoint) for r in results)
+    assert b["model.hidden4.linear.weight"].shape == (20, 30) and b["model.output.weight"].shape == (10, 20)
+    assert "model.hidden5.linear.weight" not in b
+    for k in ("model.hidden1.linear.weight", "model.hidden3.linear.bias"):
+        assert torch.equal(a[k], b[k])

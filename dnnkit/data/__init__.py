@@ -2,7 +2,8 @@
 
 from dnnkit.data.datamodule import MNISTDataModule, load_arrays, split_indices
 from dnnkit.data.discovery import DatasetNotFound, find_dataset
+from dnnkit.data.feature_cache import CachedDataModule, FeatureLoader
 from dnnkit.data.idx import read_idx, write_idx
 from dnnkit.data.loader import TensorLoader
 
-__all__ = ["DatasetNotFound", "MNISTDataModule", "TensorLoader", "find_dataset", "load_arrays", "read_idx", "split_indices", "write_idx"]
+__all__ = ["CachedDataModule", "DatasetNotFound", "FeatureLoader", "MNISTDataModule", "TensorLoader", "find_dataset", "load_arrays", "read_idx", "split_indices", "write_idx"]

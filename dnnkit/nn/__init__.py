@@ -1,16 +1,21 @@
-"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection."""
+"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection,
+freezing, surgery and the torchvision model zoo."""
 
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
 from dnnkit.nn.export import load_inference_model, save_inference_model
 from dnnkit.nn.fold import fold_batchnorm
+from dnnkit.nn.freeze import freeze, unfreeze
 from dnnkit.nn.init import init_module_, init_weight_, target_std
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import match_name, select_layers, select_parameters
+from dnnkit.nn.surgery import load_state_dict, replace_layer, restack, reuse_layers
+from dnnkit.nn.zoo import ZooNet
 
 __all__ = [
     "ACTIVATIONS",
     "MLP",
     "DenseBlock",
+    "ZooNet",
     "default_init",
     "fold_batchnorm",
     "init_module_",
@@ -19,7 +24,13 @@ __all__ = [
     "make_activation",
     "match_name",
     "save_inference_model",
+    "freeze",
+    "load_state_dict",
+    "replace_layer",
+    "restack",
+    "reuse_layers",
     "select_layers",
     "select_parameters",
     "target_std",
+    "unfreeze",
 ]

@@ -1,21 +1,33 @@
-"""Layer surgery: reuse pretrained layers by name.
+"""Layer surgery: reuse pretrained layers by name; drop, replace or add layers by name.
 
 ``reuse_layers(model, source, "hidden[123]")`` copies the parameters *and* buffers (batch-norm
 running statistics) of the matching layers from a Lightning checkpoint, a saved state_dict or
 a module. Layers are found in the source by name, whatever prefix the source's module put in
 front (``model.hidden1`` in a Classifier checkpoint, ``hidden1`` in a bare MLP).
+
+``restack(mlp, drop="hidden[45]|output", add=[20])`` removes the upper layers of an
+:class:`~dnnkit.nn.MLP` and puts new hidden layers and a new output on top, so the seed's
+"reuse hidden1-3, add a new hidden4 of 20 units and a new output" is one call (and, in a
+recipe, one ``reuse:`` entry). ``replace_layer(model, "output", nn.Linear(50, 2))`` swaps one
+layer by name.
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dnnkit.errors import DnnkitError
-from dnnkit.nn.select import select_layers
+from dnnkit.nn.activations import default_init
+from dnnkit.nn.init import init_module_
+from dnnkit.nn.mlp import MLP, DenseBlock
+from dnnkit.nn.select import layer_names, select_layers
 
 
 def load_state_dict(source: str | Path | dict | nn.Module) -> dict[str, torch.Tensor]:
@@ -102,3 +114,104 @@ def reuse_layers(model: nn.Module, source: str | Path | dict | nn.Module, layers
             copied.append(key)
         report[name] = copied
     return report
+
+
+def replace_layer(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where the submodule called ``name`` (dotted) is; return the old one.
+
+    Example::
+
+        >>> net = MLP(784, [30, 20], 10)
+        >>> old = replace_layer(net, "output", nn.Linear(20, 2))
+        >>> net(torch.zeros(1, 784)).shape
+        torch.Size([1, 2])
+    """
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = parent.get_submodule(child)
+    except AttributeError:
+        raise DnnkitError(f"{type(model).__name__} has no layer {name!r}; layers are: {', '.join(layer_names(model))}") from None
+    setattr(parent, child, new)
+    return old
+
+
+def restack(
+    model: MLP,
+    drop: str | None = None,
+    add: Sequence[int] = (),
+    n_outputs: int | None = None,
+    init: str | None = None,
+    init_distribution: str = "normal",
+) -> MLP:
+    """Drop the top layers of ``model`` that match ``drop``, add hidden layers of ``add`` units
+    and a new output layer of ``n_outputs`` logits; in place, kept layers keep their weights.
+
+    New hidden layers are named on from the last kept one (``hidden4`` ...) and copy the kept
+    top layer's make-up (activation, batch norm, dropout); they and the new output are
+    initialised by ``init`` (default: the scheme the activation calls for). A new output is
+    built whenever ``add`` or ``n_outputs`` is given or ``output`` is dropped. Layers added here
+    are listed in ``model.new_layers`` (:func:`reusable_layers` leaves them out).
+
+    Example::
+
+        >>> a = MLP(784, [300, 50, 50, 50, 50], 10, activation="relu")
+        >>> b = restack(copy.deepcopy(a), drop="hidden[45]|output", add=[20])
+        >>> [n for n, _ in b.named_children()], b.hidden_sizes
+        (['hidden1', 'hidden2', 'hidden3', 'hidden4', 'output'], [300, 50, 50, 20])
+        >>> torch.equal(a.hidden3.linear.weight, b.hidden3.linear.weight)
+        True
+    """
+    if not isinstance(model, MLP):
+        raise DnnkitError(f"restack works on a dnnkit MLP (named hidden layers), got {type(model).__name__}; use replace_layer")
+    add = list(add or [])
+    if any(not isinstance(n, int) or n <= 0 for n in add):
+        raise DnnkitError(f"add must be a list of positive layer sizes, got {add!r}")
+    if n_outputs is not None and (not isinstance(n_outputs, int) or n_outputs < 1):
+        raise DnnkitError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+    order = [n for n, _ in model.named_children()]
+    dropped = list(select_layers(model, drop)) if drop else []
+    if any("." in n for n in dropped) or dropped != order[len(order) - len(dropped):]:
+        raise DnnkitError(
+            f"drop={drop!r} selects {dropped}; only whole top layers can be dropped, "
+            f"a top part of {order}"
+        )
+    hidden = [n for n in order if n.startswith("hidden") and n not in dropped]
+    if not hidden:
+        raise DnnkitError(f"drop={drop!r} leaves no hidden layer of {order}")
+    top = getattr(model, hidden[-1])
+    for name in dropped:
+        delattr(model, name)
+    sizes = model.hidden_sizes[: len(hidden)]
+    new_output = "output" in dropped or bool(add) or n_outputs is not None
+    if "output" in order and "output" not in dropped and new_output:
+        delattr(model, "output")
+    new = []
+    scheme = init or default_init(model.activation)
+    for units in add:
+        block = DenseBlock(sizes[-1], units, batch_norm=hasattr(top, "bn"), dropout=getattr(getattr(top, "dropout", None), "p", 0.0))
+        block.act = copy.deepcopy(top.act)
+        if hasattr(top, "bn"):
+            block.bn.momentum = top.bn.momentum
+        init_module_(block, scheme, init_distribution)
+        name = f"hidden{len(hidden) + len(new) + 1}"
+        model.add_module(name, block)
+        new.append(name)
+        sizes.append(units)
+    if new_output:
+        model.n_outputs = n_outputs or model.n_outputs
+        model.output = nn.Linear(sizes[-1], model.n_outputs)
+        init_module_(model.output, scheme, init_distribution)
+        new.append("output")
+    model.hidden_sizes = sizes
+    model.new_layers = [*getattr(model, "new_layers", []), *new]
+    return model
+
+
+def reusable_layers(model: nn.Module) -> str:
+    """A pattern for the layers of an MLP that :func:`restack` did not add (``hidden.*``
+    for a model it never touched): what a ``reuse:`` without ``layers`` copies."""
+    new = getattr(model, "new_layers", None)
+    if not new:
+        return "hidden.*"
+    return "|".join(re.escape(n) for n, _ in model.named_children() if n not in new)

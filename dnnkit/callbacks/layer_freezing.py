@@ -1,0 +1,210 @@
+"""``LayerFreezing``: freeze layers by name, optionally unfreeze them later at their own LR.
+
+A thin callback over :mod:`dnnkit.nn.freeze`, modelled on Lightning's ``BaseFinetuning``:
+
+- ``setup`` freezes (``requires_grad=False`` and eval mode pinned against ``.train()``), so a
+  ``configure_optimizers`` that passes only trainable parameters, as ``dnnkit.Classifier``
+  does, never sees the frozen ones;
+- at ``unfreeze_at_epoch`` the frozen layers (or those matching ``unfreeze``) become trainable
+  and their parameters join the first optimizer as a **new param group** with ``unfreeze_lr``;
+  the existing groups, their LRs and their optimizer state (momentum, Adam moments) are kept;
+- ``state_dict`` records whether the unfreeze happened, so a run resumed with ``ckpt_path``
+  after it rebuilds the param group before Lightning restores the optimizer state.
+
+Frozen layers are in eval mode for the whole time they are frozen: batch norm uses and keeps
+its running statistics, dropout is off. The unfreeze decision depends only on the epoch
+number, so every DDP rank takes it at the same step; but DDP only synchronises parameters that
+required gradients when it wrapped the model, so under DDP unfreezing mid-fit is not supported
+(a limitation Lightning's ``BaseFinetuning`` shares); freezing for the whole fit is.
+
+With ``cache=True`` (the default) the recipe runner computes the outputs of frozen layers that
+form the bottom of the network once and trains the rest on them (:meth:`cached_datamodule`,
+:mod:`dnnkit.data.feature_cache`). In your own Trainer the callback only freezes unless you
+pass ``datamodule=cb.cached_datamodule(model, datamodule)`` to ``fit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+from dnnkit.data.feature_cache import CachedDataModule
+from dnnkit.errors import DnnkitError
+from dnnkit.nn.freeze import NotABottom, describe, freeze, frozen_bottom, resolve, skip, unfreeze, unskip
+from dnnkit.nn.select import compile_pattern, match_name
+
+log = logging.getLogger(__name__)
+
+
+class LayerFreezing(L.Callback):
+    """Freeze ``frozen`` (or everything but ``trainable``); unfreeze at ``unfreeze_at_epoch``.
+
+    Args:
+        frozen: regex of the layers to freeze (``"hidden[12]"``), matched as in
+            :func:`dnnkit.nn.select_layers` against the LightningModule's module names.
+        trainable: the other form: regex of the layers that train, all others are frozen
+            (``"hidden[34]|output"``). Give exactly one of the two.
+        unfreeze_at_epoch: 0-based epoch at whose start the frozen layers become trainable;
+            ``None`` keeps them frozen.
+        unfreeze: regex choosing which frozen layers to unfreeze (default: all of them).
+        unfreeze_lr: learning rate of the new param group (default: the first group's LR at
+            that moment).
+        cache: let the recipe runner cache the outputs of a frozen bottom (only applies
+            without ``unfreeze_at_epoch``).
+        verbose: print the frozen and trainable layers at fit start and at the unfreeze.
+
+    Example::
+
+        >>> cb = LayerFreezing(frozen="hidden[12]", unfreeze_at_epoch=4, unfreeze_lr=1e-4)
+        >>> trainer = L.Trainer(max_epochs=20, callbacks=[cb])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        frozen: str | None = None,
+        trainable: str | None = None,
+        unfreeze_at_epoch: int | None = None,
+        unfreeze: str | None = None,
+        unfreeze_lr: float | None = None,
+        cache: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        if (frozen is None) == (trainable is None):
+            raise DnnkitError(f"LayerFreezing needs exactly one of frozen= or trainable= (got frozen={frozen!r}, trainable={trainable!r})")
+        for pattern in (frozen, trainable, unfreeze):
+            if pattern is not None:
+                compile_pattern(pattern)
+        if unfreeze_at_epoch is not None and (not isinstance(unfreeze_at_epoch, int) or unfreeze_at_epoch < 0):
+            raise DnnkitError(f"unfreeze_at_epoch must be a non-negative integer or null, got {unfreeze_at_epoch!r}")
+        if unfreeze_lr is not None and not (isinstance(unfreeze_lr, (int, float)) and unfreeze_lr > 0):
+            raise DnnkitError(f"unfreeze_lr must be a positive number or null, got {unfreeze_lr!r}")
+        self.frozen, self.trainable = frozen, trainable
+        self.unfreeze_at_epoch, self.unfreeze, self.unfreeze_lr = unfreeze_at_epoch, unfreeze, unfreeze_lr
+        self.cache, self.verbose = cache, verbose
+        self.frozen_layers: dict = {}
+        self.unfrozen_layers: list[str] = []  # names, after the unfreeze
+        self._restore: list[str] = []
+        self._skipped: list = []
+
+    # ------------------------------------------------------------------ pure parts
+
+    def layers_to_freeze(self, pl_module) -> dict:
+        """The layers this callback freezes in ``pl_module`` (by qualified name)."""
+        return resolve(pl_module, self.frozen, self.trainable)
+
+    def layers_to_unfreeze(self) -> dict:
+        if self.unfreeze is None:
+            return dict(self.frozen_layers)
+        chosen = {n: m for n, m in self.frozen_layers.items() if match_name(self.unfreeze, n)}
+        if not chosen:
+            raise DnnkitError(f"unfreeze={self.unfreeze!r} matches none of the frozen layers: {', '.join(self.frozen_layers)}")
+        return chosen
+
+    @property
+    def caches(self) -> bool:
+        """Whether the frozen layers stay frozen for the whole fit (so caching them is exact)."""
+        return bool(self.cache) and self.unfreeze_at_epoch is None
+
+    def cached_datamodule(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+        """``datamodule`` wrapped in a :class:`~dnnkit.data.feature_cache.CachedDataModule` when
+        the frozen layers are the bottom of ``pl_module``'s network and stay frozen (``cache``
+        on, no ``unfreeze_at_epoch``); the frozen layers then pass their input through. Else
+        ``datamodule`` itself. Call before ``trainer.fit``; :meth:`restore_layers` undoes it.
+        """
+        if not self.caches:
+            return datamodule
+        frozen = freeze(pl_module, self.frozen, self.trainable)
+        try:
+            bottom, layers = frozen_bottom(pl_module, list(frozen))
+        except NotABottom as why:
+            self._print(f"LayerFreezing: not caching the frozen layers: {why}")
+            return datamodule
+        skip(layers)
+        self._skipped = layers
+        self._print(f"LayerFreezing: caching the outputs of {', '.join(frozen)}: the upper layers train on them")
+        return CachedDataModule(datamodule, bottom)
+
+    def restore_layers(self) -> None:
+        """Let the cached (skipped) layers compute again, e.g. to predict from raw images."""
+        unskip(self._skipped)
+        self._skipped = []
+
+    # ------------------------------------------------------------------ hooks
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.frozen_layers = freeze(pl_module, self.frozen, self.trainable)
+        self.unfrozen_layers = []
+        # pinning the frozen layers in eval mode is the point; Lightning warns about it at fit start
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restore:  # resumed after the unfreeze: rebuild the param group before the optimizer state loads
+            missing = [n for n in self._restore if n not in self.frozen_layers]
+            if missing:
+                raise DnnkitError(f"the checkpoint unfroze {missing}, which this LayerFreezing does not freeze: {list(self.frozen_layers)}")
+            self._unfreeze(trainer, pl_module, {n: self.frozen_layers[n] for n in self._restore}, restoring=True)
+            self._restore = []
+        n_trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
+        when = ""
+        if self.unfrozen_layers:
+            when = f"; unfrozen earlier: {', '.join(self.unfrozen_layers)}"
+        elif self.unfreeze_at_epoch is not None:
+            when = f"; unfrozen at epoch {self.unfreeze_at_epoch}"
+        self._print(f"LayerFreezing: frozen (eval mode) {describe(self.frozen_layers)}{when}; trainable {n_trainable:,} parameters")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.unfreeze_at_epoch is not None and not self.unfrozen_layers and trainer.current_epoch >= self.unfreeze_at_epoch:
+            self._unfreeze(trainer, pl_module)
+
+    def _unfreeze(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict | None = None, restoring: bool = False) -> None:
+        layers = self.layers_to_unfreeze() if layers is None else layers
+        unfreeze(pl_module, layers)
+        for name in layers:
+            self.frozen_layers.pop(name)
+        self.unfrozen_layers = list(layers)
+        if not trainer.optimizers:
+            return
+        optimizer = trainer.optimizers[0]
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for layer in layers.values() for p in layer.parameters() if id(p) not in present]
+        lr = float(self.unfreeze_lr if self.unfreeze_lr is not None else optimizer.param_groups[0]["lr"])
+        if len(params) < sum(1 for layer in layers.values() for _ in layer.parameters()):
+            log.warning(
+                "LayerFreezing: some unfrozen parameters were already in the optimizer (configure_optimizers "
+                "passed frozen parameters too); they keep their group's learning rate"
+            )
+        if params:
+            optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
+            for config in trainer.lr_scheduler_configs:  # schedulers keep one base LR per group
+                scheduler = config.scheduler
+                if getattr(scheduler, "optimizer", None) is not optimizer:
+                    continue
+                if hasattr(scheduler, "base_lrs"):
+                    scheduler.base_lrs.append(lr)
+                if isinstance(getattr(scheduler, "_last_lr", None), list):
+                    scheduler._last_lr.append(lr)
+                if isinstance(getattr(scheduler, "min_lrs", None), list):  # ReduceLROnPlateau
+                    scheduler.min_lrs.append(scheduler.min_lrs[-1])
+        if not restoring:
+            self._print(
+                f"LayerFreezing: epoch {trainer.current_epoch}: unfroze {describe(layers)} "
+                f"into a new param group, lr {lr:g}"
+            )
+
+    @rank_zero_only
+    def _print(self, message: str) -> None:
+        if self.verbose:
+            print(message)
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict:
+        return {"unfrozen_layers": list(self.unfrozen_layers)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restore = list(state_dict.get("unfrozen_layers", []))

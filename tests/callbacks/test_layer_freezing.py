@@ -1,0 +1,139 @@
+"""LayerFreezing on a LightningModule that knows nothing of dnnkit, with batch norm in the
+frozen layers: frozen parameters *and* buffers bit-identical, unfreezing into a new param group,
+resume mid-schedule."""
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dnnkit.callbacks import LayerFreezing
+from dnnkit.errors import DnnkitError
+
+
+class PlainNet(L.LightningModule):
+    """Not dnnkit's: own layer names, batch norm in the bottom, optimizer over *all* parameters."""
+
+    def __init__(self, only_trainable: bool = False, dropout: float = 0.2):
+        super().__init__()
+        self.only_trainable = only_trainable
+        self.features = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    def on_train_epoch_start(self):
+        self.train()  # what older Lightning versions did each epoch, and what user code may do
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad] if self.only_trainable else self.parameters()
+        return torch.optim.Adam(params, lr=1e-2)
+
+
+def loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 10, generator=g) * 3 + 1  # far from BN's initial statistics
+    return DataLoader(TensorDataset(x, torch.randint(0, 3, (64,), generator=g)), batch_size=16)
+
+
+def trainer(tmp_path, epochs, callbacks, **kw):
+    return L.Trainer(
+        max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu", **kw,
+    )
+
+
+def snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("how", [{"frozen": "features"}, {"trainable": "head"}])
+def test_frozen_params_and_buffers_are_bit_identical(tmp_path, how, capsys):
+    L.seed_everything(0)
+    net = PlainNet()
+    before = snapshot(net)
+    trainer(tmp_path, 3, [LayerFreezing(**how)], enable_checkpointing=False).fit(net, loader(), loader())
+    after = net.state_dict()
+    frozen = [k for k in before if k.startswith("features.")]
+    assert "features.1.running_mean" in frozen and "features.1.num_batches_tracked" in frozen
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("head.") and "num_batches" not in k)
+    assert after["head.1.num_batches_tracked"] == 12
+    assert "LayerFreezing: frozen (eval mode) features (208 parameters)" in capsys.readouterr().out
+
+
+def test_unfreeze_adds_a_param_group_and_keeps_optimizer_state(tmp_path, capsys):
+    L.seed_everything(0)
+    net = PlainNet(only_trainable=True)
+    cb = LayerFreezing(frozen="features", unfreeze_at_epoch=2, unfreeze_lr=1e-3)
+    before = snapshot(net)
+    t = trainer(tmp_path, 4, [cb], enable_checkpointing=False)
+    t.fit(net, loader(), loader())
+    opt = t.optimizers[0]
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-3]
+    assert opt.param_groups[1]["params"] == list(net.features.parameters())
+    assert int(opt.state[net.head[0].weight]["step"]) == 16  # trained all along: state kept
+    assert int(opt.state[net.features[0].weight]["step"]) == 8  # since the unfreeze
+    assert not torch.equal(before["features.1.running_mean"], net.state_dict()["features.1.running_mean"])
+    assert net.features[1].training
+    assert "epoch 2: unfroze features" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])  # resume before and after the unfreeze
+def test_resume_mid_schedule_matches_an_uninterrupted_run(tmp_path, stop_after):
+    def run(epochs, folder, ckpt_path=None, net=None):
+        L.seed_everything(0)
+        net = PlainNet(only_trainable=True, dropout=0.0)  # Lightning does not checkpoint the RNG state
+        cb = LayerFreezing(frozen="features", unfreeze_at_epoch=2, unfreeze_lr=1e-3, verbose=False)
+        ckpt = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
+        t = trainer(tmp_path, epochs, [cb, ckpt], deterministic=True)
+        t.fit(net, loader(), loader(), ckpt_path=ckpt_path)
+        return net, t, cb
+
+    whole, t_whole, _ = run(4, tmp_path / "a")
+    run(stop_after, tmp_path / "b")
+    resumed, t_resumed, cb = run(4, tmp_path / "c", ckpt_path=tmp_path / "b" / "last.ckpt")
+    assert cb.unfrozen_layers == ["features"]
+    assert [g["lr"] for g in t_resumed.optimizers[0].param_groups] == [1e-2, 1e-3]
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_bad_arguments():
+    with pytest.raises(DnnkitError, match="exactly one of frozen= or trainable="):
+        LayerFreezing()
+    with pytest.raises(DnnkitError, match="not a valid regular expression"):
+        LayerFreezing(frozen="hidden[12")
+    with pytest.raises(DnnkitError, match="unfreeze_at_epoch must be a non-negative integer"):
+        LayerFreezing(frozen="hidden1", unfreeze_at_epoch=-1)
+
+
+def test_pattern_matching_nothing_fails_at_setup(tmp_path):
+    with pytest.raises(DnnkitError, match="'hidden\\[12\\]' matches no layer of PlainNet; layers are: features, "):
+        trainer(tmp_path, 1, [LayerFreezing(frozen="hidden[12]")]).fit(PlainNet(), loader())
+
+
+def test_unfreeze_under_a_scheduler(tmp_path):
+    class Scheduled(PlainNet):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+    L.seed_everything(0)
+    t = trainer(tmp_path, 4, [LayerFreezing(frozen="features", unfreeze_at_epoch=1, unfreeze_lr=0.01, verbose=False)], enable_checkpointing=False)
+    t.fit(Scheduled(only_trainable=True), loader(), loader())
+    groups = t.optimizers[0].param_groups
+    assert len(groups) == 2 and groups[1]["lr"] <= 0.01  # the plateau scheduler acts on the new group too
