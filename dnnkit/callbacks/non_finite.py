@@ -90,9 +90,10 @@ class NonFiniteGuard(L.Callback):
             return bool(trainer.strategy.reduce_boolean_decision(flag, all=False))
         return flag
 
-    def _fail(self, trainer: L.Trainer, what: str) -> None:
+    def _fail(self, trainer: L.Trainer, what: str, step: int | None = None) -> None:
+        step = trainer.global_step if step is None else step  # 0-based index of the bad optimizer step
         raise DnnkitError(
-            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): {what}; "
+            f"training diverged at step {step} (epoch {trainer.current_epoch}): {what}; "
             f"the checkpoints written before this step are kept. Remedies: {REMEDIES}"
         )
 
@@ -131,7 +132,8 @@ class NonFiniteGuard(L.Callback):
             return
         name = first_non_finite(pl_module.named_parameters())
         if self._any_rank(trainer, name is not None):
-            self._fail(trainer, f"the weights of layer {layer_of(name) if name else '?'!r} are no longer finite after the optimizer step (loss {self._loss})")
+            what = f"the weights of layer {layer_of(name) if name else '?'!r} are no longer finite after the optimizer step (loss {self._loss})"
+            self._fail(trainer, what, step=trainer.global_step - 1)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # raising here keeps the file from being written: last.ckpt keeps the last good weights
