@@ -31,14 +31,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, find_dnnkit_error
 from dnnkit.nn.surgery import load_state_dict, reuse_layers
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,18 @@ def _n_classes(classes) -> int:
 
 if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+
+
+def instantiate(config, *args, **kwargs):
+    """Hydra's ``instantiate``, but a constructor's DnnkitError comes out as itself, not wrapped
+    in Hydra's InstantiationException (so callers of :func:`run_recipe` can catch it)."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except Exception as err:
+        ours = find_dnnkit_error(err)
+        if ours is None:
+            raise
+        raise ours from None
 
 
 # ----------------------------------------------------------------------------- stage configs
