@@ -55,8 +55,17 @@ class RankProbe(L.Callback):
         self.out = Path(out)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, error=None)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._write(trainer, pl_module, error=str(exception))
+
+    def _write(self, trainer, pl_module, error: str | None) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        guard = next((c for c in trainer.callbacks if type(c).__name__ == "NonFiniteGuard"), None)
         info = {
+            "error": error,
+            "skipped": getattr(guard, "skipped", None),
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "global_step": trainer.global_step,
@@ -68,3 +77,14 @@ class RankProbe(L.Callback):
             "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(info, indent=1))
+
+
+class NanBatchAt(L.Callback):
+    """Fill the input batch of ``rank`` with NaN at optimizer step ``step`` (a bad batch on one rank)."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            batch[0].fill_(float("nan"))
