@@ -6,8 +6,8 @@ Lightning saves the model, optimizers, schedulers, loop counters, callbacks' ``s
 a stateful dataloader's position, but not the RNG states. This callback is the missing piece:
 its ``state_dict`` is the states of Python's ``random``, NumPy's global generator, torch's CPU
 generator and (when present) every CUDA device's generator, taken when the checkpoint is
-written; they are put back just before the first training batch after the resume, the point
-where the uninterrupted run continued from.
+written; they are put back when Lightning restores the checkpoint, before the training data
+iterator is created and before the first batch.
 """
 
 from __future__ import annotations
@@ -57,22 +57,15 @@ class RNGState(L.Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[RNGState(), ModelCheckpoint(every_n_train_steps=50, save_last=True)])
+        trainer = Trainer(callbacks=[RNGState(), LastCheckpoint(every_n_train_steps=50)])
         trainer.fit(model, dm, ckpt_path="last")  # same dropout masks as without the interruption
     """
-
-    def __init__(self) -> None:
-        self._pending: dict | None = None
 
     def state_dict(self) -> dict:
         return collect_rng_states()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # restoring here would be undone by whatever draws random numbers between loading the
-        # checkpoint and the first batch; wait for that batch
-        self._pending = state_dict
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._pending is not None:
-            set_rng_states(self._pending)
-            self._pending = None
+        # Lightning restores callbacks before it creates the training data iterator (which may
+        # draw a seed, as a DataLoader does) and before anything else draws random numbers: the
+        # same order as in the uninterrupted run after the checkpoint was written
+        set_rng_states(state_dict)
