@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import torch
 
+from dnnkit.errors import DnnkitError
 from dnnkit.nn.surgery import load_state_dict
 from dnnkit.recipe import run_recipe
 from tests.conftest import compose_config
@@ -55,8 +56,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, fake_data, tmp_path):
     assert 0 < saved_step <= kill_at and not (run_dir / "train" / "result.json").exists()
 
     # without resume=true the interrupted run is not silently started over
-    proc = subprocess.run(cli(*args), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
-    assert proc.returncode == 2 and "holds an interrupted run" in proc.stderr, proc.stderr[-3000:]
+    with pytest.raises(DnnkitError, match="holds an interrupted run .*; pass resume=true to continue it"):
+        run_recipe(compose_config(run), run_dir)
 
     proc = subprocess.run(cli(*args, "resume=true"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
