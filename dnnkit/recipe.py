@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
 
 def check_writable(folder: Path) -> None:
     """Create ``folder`` and write a probe file in it, or raise one readable error."""
-    probe = folder / ".dnnkit-write-test"
+    probe = folder / f".dnnkit-write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
