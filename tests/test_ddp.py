@@ -4,6 +4,10 @@ ranks make the same decisions and end with identical weights.
 A NaN batch on rank 1 only is the hard case for a decision: rank 0's own loss is finite. With
 ``action=skip`` both ranks must drop the same step (else their weights part ways); with
 ``action=stop`` both must stop at the same step, and the command exits 2 with one message.
+
+To add: PerformanceScheduling (issue 3a) and LayerFreezing (issue 4) live on other branches;
+put them in ``DDP`` (e.g. ``+callbacks.freeze=...``) and compare ``lrs`` and ``frozen``, which
+``RankProbe`` already records per rank.
 """
 
 import json
