@@ -21,3 +21,12 @@ def choose(kind: str, value: str, valid) -> str:
     if value not in valid:
         raise DnnkitError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
     return value
+
+
+def find_dnnkit_error(err: BaseException | None) -> DnnkitError | None:
+    """Our error, if ``err`` is one or wraps one (Hydra's instantiate wraps constructor errors)."""
+    while err is not None:
+        if isinstance(err, DnnkitError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -36,15 +37,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.layer_freezing import LayerFreezing
-from dnnkit.errors import DnnkitError, choose
-from dnnkit.nn.surgery import restack, reusable_layers, reuse_layers
+from dnnkit.errors import DnnkitError, choose, find_dnnkit_error
+from dnnkit.nn.surgery import load_state_dict, restack, reusable_layers, reuse_layers
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,18 @@ def _n_classes(classes) -> int:
 
 if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+
+
+def instantiate(config, *args, **kwargs):
+    """Hydra's ``instantiate``, but a constructor's DnnkitError comes out as itself, not wrapped
+    in Hydra's InstantiationException (so callers of :func:`run_recipe` can catch it)."""
+    try:
+        return hydra_instantiate(config, *args, **kwargs)
+    except Exception as err:
+        ours = find_dnnkit_error(err)
+        if ours is None:
+            raise
+        raise ours from None
 
 
 # ----------------------------------------------------------------------------- stage configs
@@ -164,6 +178,20 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     return instantiate(cfg.module, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
 
 
+def resume_checkpoint(stage_dir: Path, resume: bool) -> str | None:
+    """``last.ckpt`` of an interrupted stage when resuming; refuse to start over on top of one."""
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    if not resume:
+        raise DnnkitError(
+            f"{stage_dir} holds an interrupted run ({last}); pass resume=true to continue it, "
+            "or choose another folder with hydra.run.dir=..."
+        )
+    load_state_dict(last)  # a DnnkitError naming the file if it is cut short or not a checkpoint
+    return str(last)
+
+
 def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
     """Build everything for one stage and seed, fit, test the best checkpoint, return results."""
     check_config(cfg)
@@ -173,11 +201,16 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     module = build_module(cfg)
     if cfg.get("reuse"):
         source = cfg.reuse.get("from")
-        if source not in done:
-            raise DnnkitError(f"stage {name!r} reuses from {source!r}, which has not run; earlier stages: {sorted(done)}")
-        runs = done[source]
-        src = next((r for r in runs if r.seed == seed), runs[0])
-        ckpt = src.best_checkpoint
+        if source in done:
+            runs = done[source]
+            ckpt = next((r for r in runs if r.seed == seed), runs[0]).best_checkpoint
+        elif isinstance(source, str) and source.endswith((".ckpt", ".pt", ".pth")):
+            ckpt = source  # a checkpoint or state_dict file (loaded with weights_only=True)
+        else:
+            raise DnnkitError(
+                f"stage {name!r} reuses from {source!r}, which is neither an earlier stage ({sorted(done)}) "
+                "nor a checkpoint file (.ckpt, .pt, .pth)"
+            )
         layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
         report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
@@ -191,10 +224,9 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         callbacks.append(summary)
     logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir))
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.get("resume") and last.is_file() else None
+    ckpt_path = resume_checkpoint(stage_dir, bool(cfg.get("resume")))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -203,7 +235,7 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         trainer.save_checkpoint(best, weights_only=True)
     history = list(summary.history)  # testing from `best` reloads callback states: EpochSummary's history up to that epoch
     if cfg.get("test", True) and is_overridden("test_step", module):
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
     if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
@@ -217,7 +249,6 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
     import copy
 
     from dnnkit.nn.export import save_inference_model
-    from dnnkit.nn.surgery import load_state_dict
 
     try:  # an export that fails must not lose the fit: warn and go on
         model = copy.deepcopy(model).cpu()
@@ -233,13 +264,32 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
         log.warning("exporting the inference model to %s failed: %s", stage_dir, err)
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file in it, or raise one readable error."""
+    probe = folder / f".dnnkit-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise DnnkitError(
+            f"cannot write to the output folder {str(folder)!r} ({err.strerror or err}); "
+            "choose a writable folder with hydra.run.dir=..."
+        ) from None
+
+
+def is_global_zero() -> bool:
+    """True in the process that writes files (rank 0 under DDP; the only one otherwise)."""
+    return rank_zero_only.rank == 0
+
+
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     """Run every stage of ``cfg`` (each for each of its seeds) under ``run_dir``; print and
     save the results table (``results.md``, ``results.json``) and the curves (``curves.png``)."""
     from dnnkit.report import print_table, save_curves, save_table
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     stages = stage_configs(cfg)
     done: dict[str, list[StageResult]] = {}
     results: list[StageResult] = []
@@ -259,12 +309,15 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
             else:
                 print(f"\n== stage {name}" + (f", seed {seed}" if len(seeds) > 1 else "") + f"  ->  {stage_dir}")
                 result = fit_stage(name, stage_cfg, seed, stage_dir, done)
-                marker.write_text(json.dumps(result.to_json(), indent=1))
+                if is_global_zero():
+                    marker.write_text(json.dumps(result.to_json(), indent=1))
             done.setdefault(name, []).append(result)
             results.append(result)
     published = {name: OmegaConf.to_container(c.published) for name, c in stages if c.get("published")}
     metrics = list(cfg.get("report", {}).get("metrics", ["val/acc", "test/acc"]))
     title = f"{cfg.get('name') or 'train'}: results"
+    if not is_global_zero():  # other DDP ranks trained the same stages; rank 0 reports
+        return results
     print_table(results, metrics, published, title)
     save_table(results, metrics, published, run_dir, title)
     save_curves(results, run_dir / "curves.png", metric=metrics[0])

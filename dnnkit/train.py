@@ -21,17 +21,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import find_dnnkit_error
 from dnnkit.recipe import config_dir, run_recipe
-
-
-def find_dnnkit_error(err: BaseException) -> DnnkitError | None:
-    """Our error, if ``err`` is one or wraps one (Hydra's instantiate wraps constructor errors)."""
-    while err is not None:
-        if isinstance(err, DnnkitError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def quiet_third_party_noise() -> None:

@@ -1,8 +1,19 @@
 """Callbacks: each works on any LightningModule, keeps its state through ``ckpt_path`` resume."""
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.last_checkpoint import LastCheckpoint
 from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.callbacks.lr_schedule import LearningRateSchedule
+from dnnkit.callbacks.non_finite import NonFiniteGuard
 from dnnkit.callbacks.performance_scheduling import PerformanceScheduling
+from dnnkit.callbacks.rng_state import RNGState
 
-__all__ = ["EpochSummary", "LayerFreezing", "LearningRateSchedule", "PerformanceScheduling"]
+__all__ = [
+    "EpochSummary",
+    "LastCheckpoint",
+    "LayerFreezing",
+    "LearningRateSchedule",
+    "NonFiniteGuard",
+    "PerformanceScheduling",
+    "RNGState",
+]

@@ -75,7 +75,8 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: under DDP every rank sees the same train/loss, so callbacks that act on it agree
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def _evaluate(self, batch, split: str, metric: MulticlassAccuracy) -> torch.Tensor:

@@ -44,8 +44,16 @@ def load_state_dict(source: str | Path | dict | nn.Module) -> dict[str, torch.Te
             raise DnnkitError(f"checkpoint {str(path)!r} does not exist")
         try:
             source = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        except Exception as err:  # noqa: BLE001 - torch.load fails on junk with any of a dozen types
+            text = str(err).strip()
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if unsafe:
+                raise DnnkitError(
+                    f"refusing to load {str(path)!r}: besides tensors it holds {unsafe.group(1)!r}, which would "
+                    "run when unpickled; dnnkit loads checkpoints with weights_only=True and executes nothing. "
+                    "Re-save only the state_dict from a trusted copy"
+                ) from None
+            first = text.splitlines()[0] if text else type(err).__name__
             raise DnnkitError(
                 f"cannot load {str(path)!r} as a checkpoint with weights_only=True "
                 f"(truncated, not a checkpoint, or it holds code): {first}"

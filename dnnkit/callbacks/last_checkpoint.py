@@ -1,0 +1,55 @@
+"""``LastCheckpoint``: ``last.ckpt`` every N optimizer steps and at the end of every epoch, so
+that a run killed at any moment resumes (``resume=true`` / ``ckpt_path=last``) from at most N
+steps back, and a finished run's ``last.ckpt`` always holds its final weights.
+
+Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it also writes a
+top-k checkpoint, so a run whose best epoch is not its last ends with an older ``last.ckpt``;
+and its ``every_n_train_steps`` excludes ``every_n_epochs``. This subclass does both and keeps
+everything else (writes on rank 0 only, atomic writes, its place after the other callbacks so
+their states are current when it saves).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from dnnkit.errors import DnnkitError
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Write ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` steps and at each epoch end.
+
+    Args:
+        every_n_train_steps: optimizer steps between mid-epoch saves (0: at epoch ends only).
+        dirpath: the folder; default the trainer's ``<log_dir>/checkpoints``, like ModelCheckpoint.
+
+    Example::
+
+        trainer = Trainer(callbacks=[LastCheckpoint(every_n_train_steps=50)])
+        trainer.fit(model, dm)                        # killed at step 137 ...
+        trainer.fit(model, dm, ckpt_path="last")      # ... goes on from step 100
+    """
+
+    def __init__(self, every_n_train_steps: int = 100, dirpath: str | None = None) -> None:
+        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
+            raise DnnkitError(f"every_n_train_steps must be an integer >= 0, got {every_n_train_steps!r}")
+        super().__init__(
+            dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+        )
+
+    def _save_last_now(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        n = self._every_n_train_steps
+        if n and trainer.global_step % n == 0:
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_now(trainer)  # validation has run: the epoch's metrics and best-model state are in
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass

@@ -1,0 +1,123 @@
+"""NonFiniteGuard on a LightningModule that is not dnnkit's, and through the recipe runner."""
+
+import math
+import re
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from dnnkit.callbacks import LastCheckpoint, NonFiniteGuard
+from dnnkit.callbacks.non_finite import first_non_finite
+from dnnkit.errors import DnnkitError
+from dnnkit.nn.surgery import load_state_dict
+from dnnkit.recipe import run_recipe
+from tests.conftest import FAST, compose_config
+
+
+class Tiny(L.LightningModule):
+    """Regression on fixed data; ``nan_at`` makes the loss NaN at those steps."""
+
+    def __init__(self, lr: float = 0.1, nan_at: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 1)
+        self.lr, self.nan_at = lr, set(nan_at)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = (self.head(torch.tanh(self.body(x))) - y).pow(2).mean()
+        if self.global_step in self.nan_at:
+            loss = loss * float("nan")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=g)
+        data = torch.utils.data.TensorDataset(x, 3 * x.sum(1, keepdim=True))
+        return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def trainer(tmp_path, *callbacks, epochs=2):
+    return L.Trainer(
+        max_epochs=epochs, callbacks=list(callbacks), default_root_dir=tmp_path, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+
+
+def test_first_non_finite_names_the_tensor():
+    assert first_non_finite([("a", torch.ones(2)), ("b", torch.tensor([math.inf])), ("c", torch.tensor([math.nan]))]) == "b"
+    assert first_non_finite([("a", torch.ones(2)), ("b", None)]) is None
+
+
+def test_stop_names_step_loss_layer_and_remedies(tmp_path):
+    module = Tiny(nan_at=(5,))
+    last = LastCheckpoint(every_n_train_steps=1, dirpath=str(tmp_path / "ckpt"))
+    with pytest.raises(DnnkitError) as err:
+        trainer(tmp_path, NonFiniteGuard(), last).fit(module)
+    msg = str(err.value)
+    assert "step 5" in msg and "the loss is nan" in msg and "layer 'body'" in msg
+    assert "lower the learning rate" in msg and "clip" in msg and "batch normalization" in msg
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 5  # the state before the bad step, intact and finite
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_skip_drops_the_bad_step_and_goes_on(tmp_path):
+    module = Tiny(nan_at=(3,))
+    before = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            before[trainer.global_step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    guard = NonFiniteGuard(action="skip")
+    t = trainer(tmp_path, Snapshot(), guard, epochs=1)
+    t.fit(module)
+    assert guard.skipped == 1 and t.global_step == 8  # every batch counted, one of them skipped
+    # the bad step changed nothing: the weights before step 3 and before the next step are equal
+    step3, after = before[3], before[4]
+    assert all(torch.equal(step3[k], after[k]) for k in step3)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert guard.state_dict()["skipped"] == 1
+
+
+def test_skip_stops_after_max_skips_in_a_row(tmp_path):
+    with pytest.raises(DnnkitError, match="3 bad steps in a row \\(max_skips=2\\)"):
+        trainer(tmp_path, NonFiniteGuard(action="skip", max_skips=2)).fit(Tiny(nan_at=(2, 3, 4)))
+
+
+def test_no_checkpoint_with_non_finite_weights(tmp_path):
+    module = Tiny()
+    with torch.no_grad():
+        module.head.weight.fill_(math.inf)
+    t = trainer(tmp_path, NonFiniteGuard(check_weights=False), epochs=1)
+    t.strategy.connect(module)
+    t.state.fn = "fit"
+    with pytest.raises(DnnkitError, match="refusing to write a checkpoint with non-finite weights \\(head.weight\\)"):
+        t.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
+def test_bad_action_is_refused():
+    with pytest.raises(DnnkitError, match="unknown non-finite action 'ignore'; valid: skip, stop"):
+        NonFiniteGuard(action="ignore")
+
+
+def test_divergent_learning_rate_stops_the_recipe(fake_data, tmp_path):
+    cfg = compose_config(FAST + [
+        "trainer.max_epochs=3", "trainer.limit_train_batches=5", "optimizer.lr=1e6",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ])
+    with pytest.raises(DnnkitError, match="training diverged at step [0-9]+ .*Remedies: lower the learning rate") as err:
+        run_recipe(cfg, tmp_path / "run")
+    stage = tmp_path / "run" / "train"
+    assert not (stage / "result.json").exists()
+    step = int(re.search(r"diverged at step (\d+)", str(err.value)).group(1))
+    last = torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)  # the last good step
+    assert last["global_step"] == step
+    assert all(torch.isfinite(t).all() for t in load_state_dict(stage / "checkpoints" / "last.ckpt").values())
