@@ -189,27 +189,23 @@ class GradientClipping(L.Callback):
         self.exclude = exclude
         self.log = log
         self.stats = {"steps": 0, "clipped_steps": 0, "elements": 0, "clipped_elements": 0}
-        self._params: list[nn.Parameter] | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._params = None  # parameters are collected at the first step, after any model surgery
+        self._excluded: set[int] = set()
 
     def parameters(self, pl_module: L.LightningModule) -> list[nn.Parameter]:
-        """The parameters this callback clips (AGC: all but those of the excluded layers)."""
-        params = [p for p in pl_module.parameters() if p.requires_grad]
-        if self.mode == "agc" and self.exclude:
-            excluded = {id(p) for p in select_parameters(pl_module, self.exclude, required=False).values()}
-            params = [p for p in params if id(p) not in excluded]
-        return params
+        """The parameters this callback clips now: those with a gradient (so layers unfrozen
+        during training are included), less AGC's excluded layers."""
+        return [p for p in pl_module.parameters() if p.grad is not None and id(p) not in self._excluded]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.mode == "agc" and self.exclude and self.exclude != "output":
-            select_parameters(pl_module, self.exclude)  # a pattern that matches nothing fails here, naming the layers
+        self._excluded = set()
+        if self.mode == "agc" and self.exclude:
+            # the default "output" may match nothing on a non-dnnkit module; a pattern the user
+            # chose must match something, or it fails here, naming the layers that exist
+            chosen = select_parameters(pl_module, self.exclude, required=self.exclude != "output")
+            self._excluded = {id(p) for p in chosen.values()}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        if self._params is None:
-            self._params = self.parameters(pl_module)
-        params = [p for p in self._params if p.grad is not None]
+        params = self.parameters(pl_module)
         norm = grad_norm(params)
         if self.mode == "value":
             clipped, total = clip_by_value_(params, self.threshold)
