@@ -39,8 +39,8 @@ MLP_LAYERS = r"hidden\d+|output"
 
 REMEDIES = {
     "vanishing": (
-        "He or Xavier/Glorot initialisation instead of N(0, 1) (model.init=he), a nonsaturating "
-        "activation such as ELU, SELU or leaky ReLU (model.activation=elu), batch normalisation "
+        "He or Xavier/Glorot initialisation (model.init=he or xavier), a nonsaturating activation "
+        "such as ELU, SELU or leaky ReLU (model.activation=elu), batch normalisation "
         "(model.batch_norm=true)"
     ),
     "exploding": (
@@ -467,7 +467,7 @@ def save_plot(history: list[dict], path: Path, findings: list[Finding] | None = 
         ax.set_xlabel("optimizer step")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2 if len(layers) > 8 else 1, loc="best")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if findings:
         fig.suptitle("; ".join(f"{f.problem}: {_names(f.layers)}" for f in findings), fontsize=9)
     fig.tight_layout()
