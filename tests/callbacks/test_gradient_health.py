@@ -201,3 +201,20 @@ def test_vanishing_recipe_flags_the_sigmoid_net_only(fake_data, tmp_path):
     assert by_stage["sigmoid_standard"]["grad/hidden1_over_top"] < 1e-4
     assert by_stage["he_elu_bn"]["grad/hidden1_over_top"] > 0.1
     assert "grad/hidden1_over_top" in (tmp_path / "run" / "results.md").read_text()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_vanishing_recipe_on_mnist(real_data_dir, tmp_path):
+    """Issue check 4 on real MNIST (1 epoch per stage): vanishing flagged in the sigmoid net
+    with the standard init, naming its lower layers, and not in He + ELU + BN; plots saved."""
+    cfg = compose_config(["+recipe=vanishing", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                          "stages.sigmoid_normal=null"])
+    results = {r.stage: r for r in run_recipe(cfg, tmp_path / "run")}
+    findings = {s: json.loads((tmp_path / "run" / s / "gradient_health.json").read_text())["findings"] for s in results}
+    vanishing = [f for f in findings["sigmoid_standard"] if f["problem"] == "vanishing"]
+    assert vanishing and vanishing[0]["layers"][:5] == ["hidden1", "hidden2", "hidden3", "hidden4", "hidden5"]
+    assert findings["he_elu_bn"] == []
+    assert all((tmp_path / "run" / s / "gradient_health.png").is_file() for s in results)
+    assert results["sigmoid_standard"].metrics["grad/hidden1_over_top"] < 1e-5
+    assert results["he_elu_bn"].metrics["val/acc"] > 0.85
