@@ -137,14 +137,22 @@ def activation_stats(output: torch.Tensor, activation: nn.Module | None = None) 
 
 
 @torch.no_grad()
+def group_norms(groups: list[list[torch.Tensor]]) -> list[float]:
+    """The L2 norm of each group of tensors taken together (NaN for an empty group), computed
+    with one fused kernel and one device sync."""
+    flat = [t for group in groups for t in group]
+    norms = list(torch._foreach_norm(flat)) if flat else []
+    out, i = [], 0
+    for group in groups:
+        part = norms[i : i + len(group)]
+        out.append(torch.linalg.vector_norm(torch.stack(part).float()).cpu() if part else torch.tensor(math.nan))
+        i += len(group)
+    return torch.stack(out).tolist() if out else []
+
+
 def layer_grad_norms(layers: dict[str, nn.Module]) -> dict[str, float]:
-    """L2 norm of each layer's gradients (all its parameters together), with one device sync."""
-    norms = []
-    for layer in layers.values():
-        grads = [p.grad.float().norm() for p in layer.parameters() if p.grad is not None]
-        norms.append(torch.stack(grads).norm() if grads else torch.tensor(math.nan))
-    values = torch.stack([n.cpu() for n in norms]).tolist() if norms else []
-    return dict(zip(layers, values))
+    """L2 norm of each layer's gradients (all its parameters together)."""
+    return dict(zip(layers, group_norms([[p.grad for p in m.parameters() if p.grad is not None] for m in layers.values()])))
 
 
 @dataclass
@@ -249,8 +257,8 @@ def diagnose(
 class GradientHealth(L.Callback):
     """Watch per-layer gradients and activations during training and diagnose them at the end.
 
-    Works on any LightningModule (see the module docstring for which layers it watches). On
-    sampled steps it logs, as epoch means, ``grad/<layer>`` (gradient norm),
+    Works on any LightningModule (see the module docstring for which layers it watches). It
+    logs, at the end of each epoch, the means over that epoch's samples of ``grad/<layer>`` (gradient norm),
     ``grad/<layer>_over_top`` (that norm over the top layer's), ``update/<layer>`` (update to
     weight ratio) and ``act/<layer>_saturated`` / ``act/<layer>_dead``, so a recipe's table can
     show them (``report.metrics``). Its history is saved in checkpoints: a resumed run keeps
@@ -315,6 +323,8 @@ class GradientHealth(L.Callback):
         self._act: dict[str, dict[str, torch.Tensor]] = {}
         self._grad: dict[str, float] | None = None
         self._before: dict[str, list[torch.Tensor]] = {}
+        self._epoch: dict[str, list[float]] = {}
+        self._sample = False
 
     # -- setup
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -322,12 +332,10 @@ class GradientHealth(L.Callback):
         self._names = short_names(list(self._watched))
         self._activations = find_activations(pl_module, self._watched)
 
-    def _sampling(self, trainer: L.Trainer) -> bool:
-        return trainer.global_step % self.every_n_steps == 0
-
     # -- activations: hooks only during sampled steps
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if not self._sampling(trainer) or self._hooks:
+        self._sample = trainer.global_step % self.every_n_steps == 0  # global_step is not free: read it once
+        if not self._sample or self._hooks:
             return
         for name, layer in self._watched.items():
             act = self._activations.get(name)
@@ -342,7 +350,7 @@ class GradientHealth(L.Callback):
 
     # -- gradients and the weights before the step
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        if not self._sampling(trainer):
+        if not self._sample:
             return
         self._grad = layer_grad_norms(self._watched)
         self._before = {n: [p.detach().clone() for p in m.parameters() if p.requires_grad] for n, m in self._watched.items()}
@@ -353,16 +361,14 @@ class GradientHealth(L.Callback):
         self._hooks = []
         if self._grad is None:  # not sampled, or gradient accumulation has not stepped yet
             return
-        updates = []
+        before, after = [], []
         for name, layer in self._watched.items():
-            before = self._before.get(name, [])
-            after = [p.detach() for p in layer.parameters() if p.requires_grad]
-            if before and len(before) == len(after):
-                delta = torch.stack([(a.float() - b.float()).norm() for a, b in zip(after, before)]).norm()
-                updates.append(delta / torch.stack([b.float().norm() for b in before]).norm().clamp(min=1e-12))
-            else:
-                updates.append(torch.tensor(math.nan))
-        update = dict(zip(self._watched, torch.stack([u.cpu() for u in updates]).tolist()))
+            b = self._before.get(name, [])
+            a = [p.detach() for p in layer.parameters() if p.requires_grad]
+            before.append(b if len(a) == len(b) else [])
+            after.append(a if len(a) == len(b) else [])
+        deltas = [list(torch._foreach_sub(a, b)) if a else [] for a, b in zip(after, before)]
+        update = {n: d / max(w, 1e-12) for n, d, w in zip(self._watched, group_norms(deltas), group_norms(before))}
         act = {n: {k: float(v) for k, v in s.items()} for n, s in self._act.items()}
         record = {
             "step": trainer.global_step,
@@ -373,7 +379,14 @@ class GradientHealth(L.Callback):
         self.history.append(record)
         self._grad, self._before, self._act = None, {}, {}
         if self.log_metrics:
-            pl_module.log_dict(self.metrics(record), on_step=False, on_epoch=True, batch_size=1)
+            for key, value in self.metrics(record).items():
+                self._epoch.setdefault(key, []).append(value)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # one log call per epoch: Lightning's log costs ~1 ms per key, too much at every sample
+        if self.log_metrics and self._epoch:
+            pl_module.log_dict({k: statistics.fmean(v) for k, v in self._epoch.items()}, on_step=False, on_epoch=True)
+        self._epoch = {}
 
     @staticmethod
     def metrics(record: dict) -> dict[str, float]:
