@@ -16,7 +16,8 @@ from dnnkit.recipe import StageResult, aggregate
 def _fmt(mean: float, std: float, n: int) -> str:
     if math.isnan(mean):
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+    fmt = ".4f" if mean == 0 or abs(mean) >= 1e-3 else ".1e"  # tiny values (gradient ratios) in scientific notation
+    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
 def table_rows(results: list[StageResult], metrics: list[str], published: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -51,7 +52,8 @@ def print_table(results: list[StageResult], metrics: list[str], published: dict[
         table.add_column(h, justify="left" if h in ("stage", "published") else "right")
     for row in rows:
         table.add_row(*row)
-    Console(width=max(120, Console().width)).print(table)
+    needed = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(header)) + 1
+    Console(width=max(120, Console().width, needed)).print(table)  # wide enough never to cut a header
 
 
 def save_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], run_dir: Path, title: str) -> None:

@@ -1,6 +1,8 @@
 """Callbacks: each works on any LightningModule, keeps its state through ``ckpt_path`` resume."""
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.gradient_clipping import GradientClipping
+from dnnkit.callbacks.gradient_health import GradientHealth
 from dnnkit.callbacks.last_checkpoint import LastCheckpoint
 from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.callbacks.lr_schedule import LearningRateSchedule
@@ -10,6 +12,8 @@ from dnnkit.callbacks.rng_state import RNGState
 
 __all__ = [
     "EpochSummary",
+    "GradientClipping",
+    "GradientHealth",
     "LastCheckpoint",
     "LayerFreezing",
     "LearningRateSchedule",
