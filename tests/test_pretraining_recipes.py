@@ -32,7 +32,7 @@ def test_pretraining_recipes_run_end_to_end(recipe, extra, fake_data, tmp_path):
     if recipe == "unsupervised":
         tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.pretrain.module.epochs=[1,1]"]
     else:
-        tiny += ["stages.auxiliary.trainer.max_epochs=1", "stages.auxiliary.data.val_size=100"]
+        tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.auxiliary.trainer.max_epochs=1", "stages.auxiliary.data.val_size=100"]
     results = run_recipe(compose_config([f"+recipe={recipe}", *FAST, *tiny, *extra]), tmp_path / "run")
     assert [r.stage for r in results][1:] == ["scratch_10", "pretrained_10"]
     assert all("test/acc" in r.metrics for r in results[1:])
