@@ -20,7 +20,7 @@ def tile(images: torch.Tensor, ncols: int, pad: int = 1, normalize_each: bool = 
     Example::
 
         >>> tile(torch.rand(6, 4, 4), ncols=3).shape
-        torch.Size([9, 13])
+        torch.Size([11, 16])
     """
     images = images.detach().float().cpu()
     if normalize_each:

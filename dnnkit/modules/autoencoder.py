@@ -19,7 +19,7 @@ class AutoencoderPretrainer(GreedyPretrainer):
     codes, and so on, each for its own number of epochs (see :mod:`dnnkit.modules.greedy`).
 
     Logs ``train/loss`` and ``val/loss`` (the current layer's reconstruction loss; validation
-    on clean inputs) and ``layer`` (which layer is training). At the end it saves
+    on clean inputs) and ``train/layer`` (which layer is training). At the end it saves
     ``reconstructions.png`` (validation images above their reconstruction through the whole
     stack) and ``features.png`` (the first layer's weights, one tile per unit) in the run folder.
 

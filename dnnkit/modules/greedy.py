@@ -40,7 +40,7 @@ class GreedyPretrainer(L.LightningModule):
     """Base class: schedule, per-layer optimizers, frozen lower layers, pictures at the end.
 
     The objective :meth:`layer_loss` returns is logged as ``train/<loss_name>`` and
-    ``val/<loss_name>`` (``loss`` unless a subclass renames it), and ``layer`` says which layer
+    ``val/<loss_name>`` (``loss`` unless a subclass renames it), and ``train/layer`` says which layer
     is training.
 
     Subclasses implement :meth:`layer_parameters` (what layer ``i``'s phase trains) and
@@ -150,7 +150,7 @@ class GreedyPretrainer(L.LightningModule):
         self.manual_backward(loss)
         optimizer.step()
         self.log(f"train/{self.loss_name}", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self.log("layer", float(index + 1), on_epoch=True, batch_size=len(x))
+        self.log("train/layer", float(index + 1), on_epoch=True, batch_size=len(x))
         self.layer_metrics(index, x, "train")
         return loss
 

@@ -27,7 +27,7 @@ class RBMPretrainer(GreedyPretrainer):
 
     Logs ``train/cd_gap`` (the CD surrogate: free-energy gap between data and chain, not a
     likelihood), ``train/recon`` and ``val/recon`` (mean-field reconstruction MSE, which should
-    fall), ``val/pseudo_likelihood`` (higher is better) and ``layer``. Saves ``filters.png``
+    fall), ``val/pseudo_likelihood`` (higher is better) and ``train/layer``. Saves ``filters.png``
     (first-layer weights) and ``reconstructions.png`` (validation images above their
     mean-field reconstruction through the whole stack).
 
@@ -36,7 +36,8 @@ class RBMPretrainer(GreedyPretrainer):
         optimizer, scheduler, epochs, layers: see :class:`~dnnkit.modules.greedy.GreedyPretrainer`
             (SGD with momentum is the classic choice).
         k: Gibbs steps per update (CD-k).
-        persistent: persistent CD: each layer's chain continues across batches.
+        persistent: persistent CD: each layer's chain continues across batches (the chains
+            are not checkpointed: a resumed run restarts them at the data).
         init_std: restart the weights as N(0, init_std²) and the biases at 0, as Hinton's
             practical guide does (``None`` keeps the model's own initialisation).
 
