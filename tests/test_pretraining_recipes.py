@@ -20,6 +20,7 @@ def test_unsupervised_recipe_switches_pretrainer(pretrain, target, fake_data):
         module = build_module(stage)
         assert isinstance(module.model.hidden1.act, torch.nn.Sigmoid)  # one network for every stage
     assert stages["pretrained_10"].reuse["from"] == "pretrain"
+    assert stages["pretrained_100"].reuse.layers == {"autoencoder": "hidden.*", "rbm": "hidden1"}[pretrain]
 
 
 @pytest.mark.parametrize("recipe, extra", [
