@@ -53,6 +53,17 @@ class GreedyPretrainer(L.LightningModule):
         scheduler: ``scheduler(optimizer)``, one per layer, stepped after each of its epochs.
         epochs: epochs per layer, one number for all or a list bottom first.
         layers: regex of the layers to pretrain, in model order (default every ``hidden``).
+
+    Example::
+
+        >>> class Sparse(GreedyPretrainer):  # a layer's "loss": mean activation (a toy)
+        ...     def layer_parameters(self, i):
+        ...         return list(self.layers[i].parameters())
+        ...     def layer_loss(self, i, x):
+        ...         return self.layers[i](x).abs().mean()
+        >>> pre = Sparse(MLP(784, [16, 8], 10), epochs=[2, 1])
+        >>> pre.layer_names, [pre.phase(e) for e in range(3)]
+        (['hidden1', 'hidden2'], [0, 0, 1])
     """
 
     loss_name = "loss"
