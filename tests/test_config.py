@@ -12,7 +12,11 @@ from dnnkit.recipe import build_callbacks, build_module, config_dir, merge, stag
 from tests.conftest import compose_config
 
 CONF = config_dir()
-GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(CONF.iterdir()) if g.is_dir() and g.name != "recipe" for p in sorted(g.glob("*.yaml"))]
+# options that are `# @package _global_` parts of a recipe (conf/pretrain/) are composed with their recipe
+GROUP_OPTIONS = [
+    (g.name, p.stem) for g in sorted(CONF.iterdir()) if g.is_dir() and g.name != "recipe"
+    for p in sorted(g.glob("*.yaml")) if not p.read_text().startswith("# @package _global_")
+]
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
 
 

@@ -1,5 +1,8 @@
 """LightningModules: the classifier, and the pretrainers built on the same conventions."""
 
+from dnnkit.modules.autoencoder import AutoencoderPretrainer
 from dnnkit.modules.classifier import Classifier
+from dnnkit.modules.greedy import GreedyPretrainer
+from dnnkit.modules.rbm import RBMPretrainer
 
-__all__ = ["Classifier"]
+__all__ = ["AutoencoderPretrainer", "Classifier", "GreedyPretrainer", "RBMPretrainer"]
