@@ -74,3 +74,12 @@ def test_loader_shards_by_rank():
     seen = [torch.cat([y for _, y in TensorLoader(x, torch.arange(10), 2, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 4
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
+
+
+def test_val_split_first_takes_the_head_of_the_file():
+    labels = torch.arange(100) % 10
+    train, val = split_indices(labels, 20, None, seed=3, val_split="first")
+    assert val.tolist() == list(range(20))
+    assert sorted(train.tolist()) == list(range(20, 100))
+    with pytest.raises(DnnkitError, match="unknown val_split 'last'; valid: first, random"):
+        split_indices(labels, 20, None, seed=3, val_split="last")
