@@ -11,6 +11,7 @@ put them in ``DDP`` (e.g. ``+callbacks.freeze=...``) and compare ``lrs`` and ``f
 """
 
 import json
+import socket
 import subprocess
 
 import pytest
@@ -27,12 +28,19 @@ DDP = [
 @pytest.mark.slow
 def test_two_processes_agree(fake_data, tmp_path):
     runs = {}
-    for action in ("skip", "stop"):
+    # the two jobs run at once: give each its own rendezvous port, so they can never pick the same one
+    sockets = [socket.socket() for _ in range(2)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [str(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    for action, port in zip(("skip", "stop"), ports):
         out = tmp_path / action
         args = [*DDP, f"callbacks.non_finite.action={action}", f"hydra.run.dir={out}",
                 f"+callbacks.probe={{_target_: tests.probes.RankProbe, out: {out / 'probe'}}}"]
         runs[action] = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=cli_env(), cwd=tmp_path)
+                                        env=cli_env(MASTER_PORT=port), cwd=tmp_path)
     outputs = {action: proc.communicate(timeout=600) for action, proc in runs.items()}
 
     # skip: one step dropped on both ranks, identical weights, the run finishes and reports once

@@ -2,6 +2,7 @@
 same test accuracy and bit-identical weights as a run that was never interrupted."""
 
 import json
+import os
 import random
 import subprocess
 
@@ -45,7 +46,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, fake_data, tmp_path):
     run = [*RUN, *CASES[case]]
     reference = run_recipe(compose_config(run), tmp_path / "ref")[0]
 
-    kill_at = random.randint(8, STEPS - 2)  # any step after the first checkpoint
+    # any step after the first checkpoint; DNNKIT_TEST_KILL_AT replays a given one
+    kill_at = int(os.environ.get("DNNKIT_TEST_KILL_AT") or random.randint(8, STEPS - 2))
     run_dir = tmp_path / "killed"
     args = [*run, f"hydra.run.dir={run_dir}"]
     killer = f"+callbacks.killer={{_target_: tests.probes.KillAtStep, step: {kill_at}}}"
