@@ -77,8 +77,8 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
-        # Lightning's `self.log` (~0.5 ms) and a torchmetrics forward (~0.3 ms) each cost more
-        # than half a small MLP's step on a 2-core CPU, so they run only on the steps the logger
+        # Lightning's `self.log` and a torchmetrics forward are each a sizeable part of a small
+        # MLP's step on a CPU (profiled with bench.speed), so they run only on the steps the logger
         # writes; `update` (~20 us) accumulates the epoch mean on the others. The metric object
         # carries this step's loss and the epoch's mean (computed and reset by Lightning at epoch
         # end), so train/loss_step and train/loss_epoch mean what they mean in plain Lightning.
