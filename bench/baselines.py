@@ -14,6 +14,7 @@ difference measured is the loop and the data path.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import tempfile
 import time
@@ -115,10 +116,13 @@ def torchvision_root(name: str = "mnist") -> Path:
     """A temporary folder in torchvision's layout (``<root>/MNIST/raw/`` with the four
     decompressed IDX files) made from the files dnnkit finds; nothing is downloaded."""
     cls = DATASETS[name].torchvision_class
-    root = Path(tempfile.gettempdir()) / f"dnnkit-bench-{name}"
+    files = find_dataset(name, None, download=False)
+    # one folder per set of source files, so a test's fake data never stands in for the real set
+    tag = hashlib.sha1(repr(sorted((k, str(p), Path(p).stat().st_size) for k, p in files.items())).encode()).hexdigest()[:10]
+    root = Path(tempfile.gettempdir()) / f"dnnkit-bench-{name}-{tag}"
     raw = root / cls / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for key, src in find_dataset(name, None, download=False).items():
+    for key, src in files.items():
         dst = raw / FILES[key]
         if dst.is_file():
             continue
