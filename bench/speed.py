@@ -69,7 +69,7 @@ def time_dnnkit(name: str, cfg: DictConfig, epochs: int, bare: bool = False) -> 
     cfg.callbacks = dict(cfg.get("callbacks") or {})
     cfg.callbacks["timer"] = {"_target_": "bench.timing.EpochTimer"}
     if bare:
-        for key in ("checkpoint", "progress_bar", "epoch_summary"):
+        for key in ("checkpoint", "last_checkpoint", "progress_bar", "epoch_summary"):
             cfg.callbacks[key] = None
         cfg.logger = None
         cfg.trainer.enable_progress_bar = False

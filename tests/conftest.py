@@ -74,3 +74,12 @@ FAST = [
 def compose_config(overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides or [])
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Benchmarks set torch's thread count; a test after them must not inherit it (bit-exact
+    comparisons between an in-process run and a subprocess depend on it)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
