@@ -235,12 +235,12 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         trainer.save_checkpoint(best, weights_only=True)
     history = list(summary.history)  # testing from `best` reloads callback states: EpochSummary's history up to that epoch
     if cfg.get("test", True) and is_overridden("test_step", module):
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
     metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
     if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
         export_stage(module.model, cfg, datamodule, best, stage_dir, metrics)
-    return StageResult(name, seed, stage_dir, metrics, history, best or None, fit_seconds, trainer.current_epoch)
+    return StageResult(name, seed, stage_dir, metrics, history, best, fit_seconds, trainer.current_epoch)
 
 
 def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict) -> None:
@@ -252,9 +252,8 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
 
     try:  # an export that fails must not lose the fit: warn and go on
         model = copy.deepcopy(model).cpu()
-        if best and Path(best).is_file():
-            state = load_state_dict(best)
-            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        state = load_state_dict(best)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
         x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
         config = OmegaConf.to_container(cfg.model, resolve=True)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}

@@ -19,7 +19,7 @@ from dnnkit.data.discovery import FILES
 from dnnkit.errors import DnnkitError
 from dnnkit.nn import MLP
 from dnnkit.recipe import run_recipe
-from tests.conftest import FAST, compose_config, make_images
+from tests.conftest import FAST, compose_config
 from tests.probes import cli, cli_env
 
 

@@ -15,7 +15,6 @@ layer by name.
 from __future__ import annotations
 
 import copy
-import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
