@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,13 +11,14 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dnnkit.errors import DnnkitError
+from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.mlp import MLP
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
 
 
-class Classifier(L.LightningModule):
+class Classifier(DnnkitModule):
     """Cross-entropy classifier around any backbone that maps a batch to logits.
 
     Logs ``train/loss`` (per step, every ``log_every_n_steps``, and per epoch), ``val/loss``,
@@ -65,6 +65,7 @@ class Classifier(L.LightningModule):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.train_loss = MeanMetric(nan_strategy="disable")
+        self._unlogged_losses: list[torch.Tensor] = []  # per-sample losses of steps not yet in train_loss
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -78,21 +79,33 @@ class Classifier(L.LightningModule):
         x, y = batch
         loss = self.loss(self(x), y)
         # The epoch mean is a torchmetrics metric, so under DDP it is synced across ranks.
-        # Lightning's `self.log` and a torchmetrics forward are each a sizeable part of a small
-        # MLP's step on a CPU (profiled with bench.speed), so they run only on the steps the logger
-        # writes; `update` (~20 us) accumulates the epoch mean on the others. The metric object
-        # carries this step's loss and the epoch's mean (computed and reset by Lightning at epoch
-        # end), so train/loss_step and train/loss_epoch mean what they mean in plain Lightning.
+        # Lightning's `self.log` and a torchmetrics forward or update are each a sizeable part of a
+        # small MLP's step on a CPU (profiled with bench.speed), so they run only on the steps the
+        # logger writes; the other steps' losses wait in a list and reach the metric in one update
+        # there, at the epoch's last batch, or at the epoch's end. The metric object carries this
+        # step's loss and the epoch's mean (computed and reset by Lightning at epoch end), so
+        # train/loss_step and train/loss_epoch mean what they mean in plain Lightning.
         # One copy of the loss per sample weights the mean by batch size: MeanMetric's `weight`
         # is ignored under nan_strategy="disable" (torchmetrics 1.9), and the other strategies
         # synchronise with the GPU every step to look for NaNs.
         per_sample = loss.detach().expand(len(y))
         if batch_idx == 0 or self._logger_writes_now():
+            self._update_train_loss()
             self.train_loss(per_sample)
             self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         else:
-            self.train_loss.update(per_sample)
+            self._unlogged_losses.append(per_sample)
+            if self._trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                self._update_train_loss()  # before the epoch-end callbacks read the epoch's mean
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._update_train_loss()  # an epoch cut short (max_steps, a callback's should_stop)
+
+    def _update_train_loss(self) -> None:
+        if self._unlogged_losses:
+            self.train_loss.update(torch.cat(self._unlogged_losses))
+            self._unlogged_losses.clear()
 
     def _logger_writes_now(self) -> bool:
         connector = getattr(self._trainer, "_logger_connector", None)

@@ -25,18 +25,18 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import nn
 
 from dnnkit.errors import DnnkitError
+from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.mlp import MLP
 from dnnkit.nn.select import select_layers
 
 log = logging.getLogger(__name__)
 
 
-class GreedyPretrainer(L.LightningModule):
+class GreedyPretrainer(DnnkitModule):
     """Base class: schedule, per-layer optimizers, frozen lower layers, pictures at the end.
 
     The objective :meth:`layer_loss` returns is logged as ``train/<loss_name>`` and
