@@ -2,20 +2,24 @@
 infinite, and never write a checkpoint whose weights are not finite.
 
 A diverging run otherwise trains on for hours on NaN weights, and its ``last.ckpt`` is
-overwritten with them. The guard looks at three moments of each training step:
-
-1. ``on_before_backward``: the loss;
-2. ``on_before_optimizer_step``: the gradients (already all-reduced under DDP, unscaled under
-   AMP), before the optimizer turns them into weights;
-3. ``on_train_batch_end``: the weights after the step (a finite gradient times a huge learning
-   rate can still overflow).
+overwritten with them. The guard looks at each training step once, in
+``on_before_optimizer_step``, before the optimizer turns the gradients into weights: at the
+loss, and with ``action="skip"`` (or ``check_gradients=True``) at the gradients too (already
+all-reduced under DDP, unscaled under AMP), in one pass with one host synchronisation.
+Weights that went non-finite (a finite gradient times a huge learning rate, or an unchecked
+non-finite gradient) make the next step's loss non-finite; the guard then names the layer
+whose weights went bad and the step that made them so. ``check_weights=True`` checks the
+weights after every step instead (one more pass over them). A checkpoint with non-finite
+weights is never written. Looking at the loss alone costs next to nothing; a pass over the
+gradients costs ~2% of the mnist_bn MLP's step on a 2-core CPU.
 
 With ``action="stop"`` the first bad step raises :class:`~dnnkit.errors.DnnkitError` naming the
 step, the loss, the first layer (in the model's order) whose gradients are not finite, and the
 usual remedies; ``python -m dnnkit.train`` prints it and exits with status 2. The checkpoints
 written before that step stay as they were. With ``action="skip"`` the step's gradients are
 dropped (the optimizer then leaves every parameter and its state untouched) and training goes
-on; more than ``max_skips`` skipped steps in a row stop the run as above.
+on; more than ``max_skips`` skipped steps in a row stop the run as above, and so do non-finite
+weights, which skipping cannot repair.
 
 Under DDP every rank reaches the same decision: a rank's bad flag is reduced over all ranks
 before anyone acts on it. Under 16-bit mixed precision the GradScaler already skips steps with
@@ -78,7 +82,10 @@ class NonFiniteGuard(L.Callback):
         action: ``"stop"`` raises a :class:`DnnkitError` at the first bad step; ``"skip"`` drops
             the step's gradients so the optimizer does nothing, and carries on.
         max_skips: with ``"skip"``, stop anyway after this many bad steps in a row.
-        check_weights: also check the weights after every step (costs one pass over them).
+        check_gradients: check the gradients before every optimizer step (``None``: with
+            ``action="skip"`` only, which must drop bad gradients before they reach the weights).
+        check_weights: also check the weights after every step (one more pass over them);
+            otherwise they are checked when a loss or gradient is not finite.
 
     Example::
 
@@ -86,15 +93,19 @@ class NonFiniteGuard(L.Callback):
         trainer.fit(model, dm)   # DnnkitError: step 17: the loss is nan; gradients first non-finite in ...
     """
 
-    def __init__(self, action: str = "stop", max_skips: int = 10, check_weights: bool = True) -> None:
+    def __init__(
+        self, action: str = "stop", max_skips: int = 10, check_gradients: bool | None = None, check_weights: bool = False
+    ) -> None:
         self.action = choose("non-finite action", action, ["stop", "skip"])
         if not isinstance(max_skips, int) or max_skips < 1:
             raise DnnkitError(f"max_skips must be a positive integer, got {max_skips!r}")
         self.max_skips = max_skips
+        self.check_gradients = action == "skip" if check_gradients is None else check_gradients
         self.check_weights = check_weights
         self.skipped = 0  # bad steps skipped in total
         self._in_a_row = 0
         self._loss: torch.Tensor | None = None
+        self._params: list[tuple[str, torch.nn.Parameter]] = []  # named parameters, listed once per epoch
 
     # ------------------------------------------------------------------ helpers
 
@@ -121,20 +132,27 @@ class NonFiniteGuard(L.Callback):
 
     # ------------------------------------------------------------------ hooks
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # `named_parameters()` walks the module tree (~50 us for a small MLP): once per epoch, not
+        # every step. Callbacks that change the parameters mid-fit do it at epoch boundaries.
+        self._params = list(pl_module.named_parameters())
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         named = [("loss", self._loss)]
-        if scaler is None:
-            named += [(n, p.grad) for n, p in pl_module.named_parameters()]
+        if scaler is None and self.check_gradients:
+            named += [(n, p.grad) for n, p in self._params]
         first = self._bad(named)
-        bad = self._any_rank(trainer, first is not None)
-        if not bad:
+        if not self._any_rank(trainer, first is not None):
             self._in_a_row = 0
             return
-        layer = None if scaler is not None else first_non_finite((n, p.grad) for n, p in pl_module.named_parameters())
+        weights = first_non_finite(self._params)
+        if self._any_rank(trainer, weights is not None):  # the previous step made them so; skipping can't repair that
+            self._weights_fail(trainer, weights)
+        layer = None if scaler is not None else first_non_finite((n, p.grad) for n, p in self._params)
         where = f"gradients first non-finite in layer {layer_of(layer)!r} ({layer})" if layer else (
             "gradients finite on this rank" if scaler is None else "gradients left to the AMP GradScaler"
         )
@@ -151,18 +169,20 @@ class NonFiniteGuard(L.Callback):
         pl_module.print(f"NonFiniteGuard: step {trainer.global_step} skipped: {what}")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if not self.check_weights:
-            return
-        name = self._bad(pl_module.named_parameters())
-        if self._any_rank(trainer, name is not None):
-            what = f"the weights of layer {layer_of(name) if name else '?'!r} are no longer finite after the optimizer step (loss {self._loss_value()})"
-            self._fail(trainer, what, step=trainer.global_step - 1)
+        if self.check_weights:
+            name = self._bad(self._params)
+            if self._any_rank(trainer, name is not None):
+                self._weights_fail(trainer, name)
+
+    def _weights_fail(self, trainer: L.Trainer, name: str | None) -> None:
+        what = f"the weights of layer {layer_of(name) if name else '?'!r} are no longer finite after the optimizer step (loss {self._loss_value()})"
+        self._fail(trainer, what, step=max(trainer.global_step - 1, 0))  # the step that made them so
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # raising here keeps the file from being written: last.ckpt keeps the last good weights
         name = first_non_finite(checkpoint.get("state_dict", {}).items())
-        if name is not None:
-            self._fail(trainer, f"refusing to write a checkpoint with non-finite weights ({name})")
+        if name is not None:  # the last optimizer step made them so
+            self._fail(trainer, f"refusing to write a checkpoint with non-finite weights ({name})", step=max(trainer.global_step - 1, 0))
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "in_a_row": self._in_a_row}

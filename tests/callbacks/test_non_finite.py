@@ -19,17 +19,19 @@ from tests.conftest import FAST, compose_config
 class Tiny(L.LightningModule):
     """Regression on fixed data; ``nan_at`` makes the loss NaN at those steps."""
 
-    def __init__(self, lr: float = 0.1, nan_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, lr: float = 0.1, nan_at: tuple[int, ...] = (), nan_grad_at: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.body = nn.Linear(4, 8)
         self.head = nn.Linear(8, 1)
-        self.lr, self.nan_at = lr, set(nan_at)
+        self.lr, self.nan_at, self.nan_grad_at = lr, set(nan_at), set(nan_grad_at)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = (self.head(torch.tanh(self.body(x))) - y).pow(2).mean()
         if self.global_step in self.nan_at:
             loss = loss * float("nan")
+        if self.global_step in self.nan_grad_at:  # adds 0 to the loss, NaN (0 * 1/sqrt(0)) to body's gradients
+            loss = loss + 0 * (self.body.weight * 0).sqrt().sum()
         return loss
 
     def configure_optimizers(self):
@@ -121,3 +123,33 @@ def test_divergent_learning_rate_stops_the_recipe(fake_data, tmp_path):
     last = torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)  # the last good step
     assert last["global_step"] == step
     assert all(torch.isfinite(t).all() for t in load_state_dict(stage / "checkpoints" / "last.ckpt").values())
+
+
+@pytest.mark.parametrize("check_weights", [False, True])
+def test_weights_made_infinite_by_a_step_are_named(tmp_path, check_weights):
+    class Overflow(L.Callback):  # as if the update of step 3 overflowed the head's weights
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 4:
+                with torch.no_grad():
+                    pl_module.head.weight.fill_(math.inf)
+
+    # found after step 3 (check_weights) or by step 4's loss; skipping cannot repair weights, so it stops
+    guard = NonFiniteGuard(action="skip", check_weights=check_weights)
+    with pytest.raises(DnnkitError, match="diverged at step 3 .*the weights of layer 'head' are no longer finite"):
+        trainer(tmp_path, Overflow(), guard).fit(Tiny())
+    assert guard.skipped == 0
+
+
+@pytest.mark.parametrize(("guard", "message"), [
+    (NonFiniteGuard(), "diverged at step 3 .*the weights of layer 'body' are no longer finite"),  # seen in step 4's loss
+    (NonFiniteGuard(check_gradients=True), "diverged at step 3 .*the loss is [0-9.]+ and gradients first non-finite in layer 'body'"),
+])
+def test_a_non_finite_gradient_from_a_finite_loss_is_named(tmp_path, guard, message):
+    with pytest.raises(DnnkitError, match=message):
+        trainer(tmp_path, guard).fit(Tiny(nan_grad_at=(3,)))
+
+
+def test_skip_checks_the_gradients_of_a_finite_loss(tmp_path):
+    guard = NonFiniteGuard(action="skip")
+    trainer(tmp_path, guard, epochs=1).fit(module := Tiny(nan_grad_at=(3,)))
+    assert guard.skipped == 1 and all(torch.isfinite(p).all() for p in module.parameters())
