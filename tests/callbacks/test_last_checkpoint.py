@@ -80,3 +80,23 @@ def test_crash_then_resume_matches_uninterrupted(tmp_path):
 def test_every_n_train_steps_is_checked():
     with pytest.raises(DnnkitError, match="every_n_train_steps must be an integer >= 0, got -1"):
         LastCheckpoint(every_n_train_steps=-1)
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(0.0, list(range(1, 25))), (3600.0, [8, 16, 24])])
+def test_last_checkpoint_every_n_seconds(tmp_path, seconds, expected):
+    seen = []
+
+    class Steps(L.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            seen.append(checkpoint["global_step"])
+
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=3, callbacks=[LastCheckpoint(every_n_seconds=seconds, dirpath=str(tmp_path)), Steps()],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Noisy())
+    assert seen == expected  # 0 s: after every step (an epoch end adds no second copy); an hour: epoch ends only
+
+
+def test_every_n_seconds_is_checked():
+    with pytest.raises(DnnkitError, match="every_n_seconds must be a number >= 0 or None, got -1"):
+        LastCheckpoint(every_n_seconds=-1)
