@@ -8,6 +8,7 @@ from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.callbacks.lr_schedule import LearningRateSchedule
 from dnnkit.callbacks.non_finite import NonFiniteGuard
 from dnnkit.callbacks.performance_scheduling import PerformanceScheduling
+from dnnkit.callbacks.progress_bar import ProgressBar
 from dnnkit.callbacks.rng_state import RNGState
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "LearningRateSchedule",
     "NonFiniteGuard",
     "PerformanceScheduling",
+    "ProgressBar",
     "RNGState",
 ]

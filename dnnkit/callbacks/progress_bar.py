@@ -1,0 +1,38 @@
+"""``ProgressBar``: Lightning's TQDM bar, redrawn by time rather than every N steps."""
+
+from __future__ import annotations
+
+import time
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from dnnkit.errors import DnnkitError
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's ``TQDMProgressBar``, redrawn at most every ``min_interval`` seconds (and at the
+    end of each bar), whatever the step time.
+
+    A redraw (metrics read, formatted, written) costs ~0.25 ms on a 2-core CPU. Lightning's
+    ``refresh_rate=N`` counts steps, which fits one model only: N=1 redraws after each of the
+    mnist_bn MLP's ~2.6 ms steps, ~9% of its time, and N=50 leaves a large model's bar frozen for
+    minutes.
+
+    Example::
+
+        trainer = Trainer(callbacks=[ProgressBar(min_interval=0.5)])
+    """
+
+    def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False) -> None:
+        if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)) or min_interval < 0:
+            raise DnnkitError(f"min_interval must be a number of seconds >= 0, got {min_interval!r}")
+        super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
+        self.min_interval = min_interval
+        self._drawn_at = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        now = time.monotonic()
+        if self.is_enabled and (current == total or now - self._drawn_at >= self.min_interval):
+            self._drawn_at = now
+            return True
+        return False
