@@ -106,6 +106,7 @@ class NonFiniteGuard(L.Callback):
         self._in_a_row = 0
         self._loss: torch.Tensor | None = None
         self._params: list[tuple[str, torch.nn.Parameter]] = []  # named parameters, listed once per epoch
+        self._scaler = None  # the AMP GradScaler, if any
 
     # ------------------------------------------------------------------ helpers
 
@@ -127,6 +128,10 @@ class NonFiniteGuard(L.Callback):
         named = [(n, t) for n, t in named if t is not None]
         return None if all_finite(t for _, t in named) else first_non_finite(named)
 
+    def _finite_loss(self) -> bool:
+        loss = self._loss  # a scalar is read as a number: `isfinite` on a tensor takes several ops
+        return loss is None or (math.isfinite(loss.item()) if loss.numel() == 1 else bool(loss.isfinite().all()))
+
     def _loss_value(self) -> float:
         return float(self._loss) if self._loss is not None else math.nan
 
@@ -136,16 +141,17 @@ class NonFiniteGuard(L.Callback):
         # `named_parameters()` walks the module tree (~50 us for a small MLP): once per epoch, not
         # every step. Callbacks that change the parameters mid-fit do it at epoch boundaries.
         self._params = list(pl_module.named_parameters())
+        self._scaler = getattr(trainer.precision_plugin, "scaler", None)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        named = [("loss", self._loss)]
+        scaler = self._scaler
         if scaler is None and self.check_gradients:
-            named += [(n, p.grad) for n, p in self._params]
-        first = self._bad(named)
+            first = self._bad([("loss", self._loss), *((n, p.grad) for n, p in self._params)])
+        else:  # the loss alone
+            first = None if self._finite_loss() else "loss"
         if not self._any_rank(trainer, first is not None):
             self._in_a_row = 0
             return
