@@ -80,6 +80,30 @@ def raw_fit(
     return wall, cpu
 
 
+# ----------------------------------------------------------------------------- Lightning's floor
+
+
+class MinimalLightning(L.LightningModule):
+    """Lightning's own floor: the raw loop's work (cross-entropy, the optimizer, validation
+    accuracy) as a LightningModule with nothing else: no metrics objects, no ``self.log``."""
+
+    def __init__(self, model: nn.Module, optimizer_factory) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer_factory
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        return (self.model(x).argmax(1) == y).sum()
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+
 # ----------------------------------------------------------------------------- plain Lightning
 
 

@@ -10,7 +10,7 @@ def test_speed_bench_runs_every_contender_and_reports_the_ratios(fake_data, tmp_
     out = tmp_path / "speed.md"
     assert speed.main(["--rounds", "1", "--epochs", "2", "--threads", "1", "--out", str(out), "data.val_size=200"]) == 0
     text = out.read_text()
-    for row in ("| dnnkit |", "| dnnkit-bare |", "| raw |", "| lightning |", "| dnnkit / raw |", "| lightning / dnnkit |"):
+    for row in ("| dnnkit |", "| dnnkit-bare |", "| raw |", "| floor |", "| lightning |", "| dnnkit / raw |", "| floor / raw |", "| lightning / dnnkit |"):
         assert row in text
 
 
