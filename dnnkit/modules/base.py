@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 
 
 class DnnkitModule(L.LightningModule):
@@ -15,9 +14,6 @@ class DnnkitModule(L.LightningModule):
     2-core CPU), ~0.13 ms per step, 5% of the mnist_bn network's step (``python -m bench.speed``).
     The value is a string, never a parameter, buffer or submodule, so this class stores it
     directly, which is where ``nn.Module.__setattr__`` puts it too.
-
-    On a CPU run, a batch of CPU tensors is passed on as it is: Lightning's default walks the
-    batch to move each tensor where it already is.
     """
 
     def __setattr__(self, name: str, value) -> None:
@@ -26,9 +22,3 @@ class DnnkitModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        if device.type == "cpu" and isinstance(batch, (tuple, list)) and all(
-            isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in batch
-        ):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)

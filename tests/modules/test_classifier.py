@@ -52,9 +52,3 @@ def test_dnnkit_module_stores_lightnings_hook_name_directly_and_the_rest_as_torc
     assert set(dict(m.named_parameters())) == {"layer.weight", "layer.bias", "scale"}
 
 
-
-def test_dnnkit_module_moves_batches_only_where_there_is_somewhere_to_move_them():
-    m, batch = DnnkitModule(), (torch.ones(2), torch.zeros(2))
-    assert m.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
-    moved = m.transfer_batch_to_device({"x": torch.ones(2, dtype=torch.float64)}, torch.device("cpu"), 0)
-    assert moved["x"].dtype == torch.float64  # anything else takes Lightning's way
