@@ -47,6 +47,7 @@ from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.layer_freezing import LayerFreezing
 from dnnkit.errors import DnnkitError, choose, find_dnnkit_error
 from dnnkit.nn.surgery import load_state_dict, restack, reusable_layers, reuse_layers
+from dnnkit.profiler import NullProfiler
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,8 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         summary = EpochSummary(verbose=False)
         callbacks.append(summary)
     logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir))
+    profiler = {} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir), **profiler)
     ckpt_path = resume_checkpoint(stage_dir, bool(cfg.get("resume")))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
