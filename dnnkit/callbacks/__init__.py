@@ -1,5 +1,6 @@
 """Callbacks: each works on any LightningModule, keeps its state through ``ckpt_path`` resume."""
 
+from dnnkit.callbacks.checkpoint import BestCheckpoint
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.gradient_clipping import GradientClipping
 from dnnkit.callbacks.gradient_health import GradientHealth
@@ -12,6 +13,7 @@ from dnnkit.callbacks.progress_bar import ProgressBar
 from dnnkit.callbacks.rng_state import RNGState
 
 __all__ = [
+    "BestCheckpoint",
     "EpochSummary",
     "GradientClipping",
     "GradientHealth",
