@@ -105,7 +105,7 @@ class NonFiniteGuard(L.Callback):
         self.skipped = 0  # bad steps skipped in total
         self._in_a_row = 0
         self._loss: torch.Tensor | None = None
-        self._params: list[tuple[str, torch.nn.Parameter]] = []  # named parameters, listed once per epoch
+        self._params: list[tuple[str, torch.nn.Parameter]] = []  # named parameters, listed once per fit
         self._scaler = None  # the AMP GradScaler, if any
 
     # ------------------------------------------------------------------ helpers
@@ -137,9 +137,10 @@ class NonFiniteGuard(L.Callback):
 
     # ------------------------------------------------------------------ hooks
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # `named_parameters()` walks the module tree (~50 us for a small MLP): once per epoch, not
-        # every step. Callbacks that change the parameters mid-fit do it at epoch boundaries.
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # `named_parameters()` walks the module tree (~50 us for a small MLP): once per fit, not
+        # every step (the optimizer holds these same tensors for the whole fit). Not at epoch
+        # start: Lightning skips `on_train_epoch_start` when it resumes mid-epoch.
         self._params = list(pl_module.named_parameters())
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
 

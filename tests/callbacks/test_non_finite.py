@@ -153,3 +153,20 @@ def test_skip_checks_the_gradients_of_a_finite_loss(tmp_path):
     guard = NonFiniteGuard(action="skip")
     trainer(tmp_path, guard, epochs=1).fit(module := Tiny(nan_grad_at=(3,)))
     assert guard.skipped == 1 and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_skip_still_checks_the_gradients_after_a_mid_epoch_resume(tmp_path):
+    class Crash(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                raise RuntimeError("crash")
+
+    def last():
+        return LastCheckpoint(every_n_train_steps=3, dirpath=str(tmp_path / "ckpt"))
+
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer(tmp_path, last(), Crash(), epochs=1).fit(Tiny())
+    # Lightning skips on_train_epoch_start when it resumes mid-epoch (from step 3 here)
+    guard = NonFiniteGuard(action="skip")
+    trainer(tmp_path, guard, last(), epochs=1).fit(module := Tiny(nan_grad_at=(5,)), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert guard.skipped == 1 and all(torch.isfinite(p).all() for p in module.parameters())
