@@ -126,7 +126,7 @@ def time_lightning(cfg: DictConfig, epochs: int, num_workers: int = 0) -> tuple[
 def run(cfg: DictConfig, name: str, contenders, rounds: int, epochs: int, num_workers: int = 0) -> dict[str, dict]:
     """Alternate the contenders for ``rounds`` rounds; per contender the timed epochs (warm-up
     epochs dropped) and the fit times."""
-    times = {c: {"epochs": [], "cpu": [], "fits": []} for c in contenders}
+    times = {c: {"epochs": [], "cpu": [], "fits": [], "rounds": []} for c in contenders}
     for r in range(rounds):
         order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
         for c in order:
@@ -142,7 +142,7 @@ def run(cfg: DictConfig, name: str, contenders, rounds: int, epochs: int, num_wo
                 seconds, cpu, fit = time_lightning(cfg, epochs, num_workers)
             times[c]["epochs"] += seconds[1:]
             times[c]["cpu"] += cpu[1:]
-            times[c].setdefault("rounds", []).append(median(seconds[1:]))
+            times[c]["rounds"].append(median(seconds[1:]))
             times[c]["fits"].append(fit)
             print(
                 f"round {r + 1}/{rounds}  {c:<12} epochs " + " ".join(f"{s:.2f}" for s in seconds)
