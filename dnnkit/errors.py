@@ -4,6 +4,8 @@
 exits with status 2; library users catch it like any ``ValueError``.
 """
 
+import math
+
 
 class DnnkitError(ValueError):
     """Bad input: the message quotes the bad value and says what would be valid."""
@@ -20,6 +22,48 @@ def choose(kind: str, value: str, valid) -> str:
     valid = sorted(valid)
     if value not in valid:
         raise DnnkitError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def number(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+):
+    """Return ``value`` if it is a number (an ``int`` with ``integer=True``; never a bool) within
+    ``low``/``high`` (open ends with ``low_open``/``high_open``; ``None`` too with ``optional``),
+    else raise one readable error that quotes it and says what is valid. NaN is never within, and
+    infinity only below ``high=math.inf``.
+
+    Example::
+
+        >>> number("patience", 3, 1, integer=True)
+        3
+        >>> number("factor", 1.5, 0, 1, low_open=True, high_open=True)
+        Traceback (most recent call last):
+        ...
+        dnnkit.errors.DnnkitError: factor must be a number in (0, 1), got 1.5
+    """
+    if value is None and optional:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (value < high if high_open else value <= high) if high is not None else ok and math.isfinite(value)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        if high is not None:
+            valid = f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif (low, low_open) in ((0, True), (1, False) if integer else (0, True)):
+            valid = f"a positive {kind.split()[-1]}"
+        else:
+            valid = kind if low is None else f"{kind} {'>' if low_open else '>='} {low}"
+        raise DnnkitError(f"{name} must be {valid}{' or null' if optional else ''}, got {value!r}")
     return value
 
 

@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.layer_freezing import LayerFreezing
-from dnnkit.errors import DnnkitError, choose, find_dnnkit_error
+from dnnkit.errors import DnnkitError, choose, find_dnnkit_error, number
 from dnnkit.nn.surgery import load_state_dict, restack, reusable_layers, reuse_layers
 from dnnkit.profiler import NullProfiler
 
@@ -152,8 +152,8 @@ class StageResult:
 def check_config(cfg: DictConfig) -> None:
     """Fail before any training on values that would only fail (or silently misbehave) later."""
     lr = OmegaConf.select(cfg, "optimizer.lr")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise DnnkitError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if lr is not None:
+        number("optimizer.lr", lr, 0, low_open=True)
     epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if epochs is not None and (not isinstance(epochs, int) or epochs < -1 or epochs == 0):
         raise DnnkitError(f"trainer.max_epochs must be a positive integer (or -1), got {epochs!r}")

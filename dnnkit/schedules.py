@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 
 INTERVALS = ("step", "epoch")
 
@@ -79,9 +79,7 @@ def power_lr(t: float, lr0: float, s: float, c: float = 1.0) -> float:
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise DnnkitError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
+    return float(number(name, value, 0, low_open=True))
 
 
 class Schedule:
@@ -215,6 +213,5 @@ def scheduled_lr(optimizer: torch.optim.Optimizer, schedule: Schedule, interval:
         ('step', 'ScheduledLR')
     """
     check_interval(interval)
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise DnnkitError(f"frequency must be a positive integer, got {frequency!r}")
+    number("frequency", frequency, 1, integer=True)
     return {"scheduler": ScheduledLR(optimizer, schedule), "interval": interval, "frequency": frequency}

@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import choose, number
 from dnnkit.nn.select import select_parameters
 
 MODES = ("value", "norm", "param_norm", "agc")
@@ -181,8 +181,7 @@ class GradientClipping(L.Callback):
     ) -> None:
         self.mode = choose("gradient clipping mode", mode, MODES)
         for what, value in (("threshold", threshold), ("clip_factor", clip_factor), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise DnnkitError(f"GradientClipping {what} must be a positive number, got {value!r}")
+            number(f"GradientClipping {what}", value, 0, low_open=True)
         self.threshold = float(threshold)
         self.clip_factor = float(clip_factor)
         self.eps = float(eps)

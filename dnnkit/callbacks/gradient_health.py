@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.nn.select import layer_names, select_layers
 
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
@@ -297,14 +297,12 @@ class GradientHealth(L.Callback):
         plot: bool = True,
         verbose: bool = True,
     ) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise DnnkitError(f"GradientHealth every_n_steps must be a positive integer, got {every_n_steps!r}")
+        number("GradientHealth every_n_steps", every_n_steps, 1, integer=True)
         for what, value, upper in (
             ("vanishing_ratio", vanishing_ratio, 1.0), ("sustained", sustained, 1.0), ("dead_share", dead_share, 1.0),
             ("saturated_share", saturated_share, 1.0), ("explode_growth", explode_growth, math.inf),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
-                raise DnnkitError(f"GradientHealth {what} must be a number in (0, {upper}], got {value!r}")
+            number(f"GradientHealth {what}", value, 0, upper, low_open=True)
         if layers is not None:
             from dnnkit.nn.select import compile_pattern
 

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dnnkit.callbacks.checkpoint import CachedStateKey
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import number
 
 
 class LastCheckpoint(CachedStateKey, ModelCheckpoint):
@@ -41,10 +41,8 @@ class LastCheckpoint(CachedStateKey, ModelCheckpoint):
     """
 
     def __init__(self, every_n_seconds: float | None = 60.0, every_n_train_steps: int = 0, dirpath: str | None = None) -> None:
-        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
-            raise DnnkitError(f"every_n_train_steps must be an integer >= 0, got {every_n_train_steps!r}")
-        if every_n_seconds is not None and (isinstance(every_n_seconds, bool) or not isinstance(every_n_seconds, (int, float)) or every_n_seconds < 0):
-            raise DnnkitError(f"every_n_seconds must be a number >= 0 or None, got {every_n_seconds!r}")
+        number("every_n_train_steps", every_n_train_steps, 0, integer=True)
+        number("every_n_seconds", every_n_seconds, 0, optional=True)
         super().__init__(
             dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,

@@ -32,7 +32,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from dnnkit.data.feature_cache import CachedDataModule
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.nn.freeze import NotABottom, describe, freeze, frozen_bottom, resolve, skip, unfreeze, unskip
 from dnnkit.nn.select import compile_pattern, match_name
 
@@ -77,10 +77,8 @@ class LayerFreezing(L.Callback):
         for pattern in (frozen, trainable, unfreeze):
             if pattern is not None:
                 compile_pattern(pattern)
-        if unfreeze_at_epoch is not None and (not isinstance(unfreeze_at_epoch, int) or unfreeze_at_epoch < 0):
-            raise DnnkitError(f"unfreeze_at_epoch must be a non-negative integer or null, got {unfreeze_at_epoch!r}")
-        if unfreeze_lr is not None and not (isinstance(unfreeze_lr, (int, float)) and unfreeze_lr > 0):
-            raise DnnkitError(f"unfreeze_lr must be a positive number or null, got {unfreeze_lr!r}")
+        number("unfreeze_at_epoch", unfreeze_at_epoch, 0, integer=True, optional=True)
+        number("unfreeze_lr", unfreeze_lr, 0, low_open=True, optional=True)
         self.frozen, self.trainable = frozen, trainable
         self.unfreeze_at_epoch, self.unfreeze, self.unfreeze_lr = unfreeze_at_epoch, unfreeze, unfreeze_lr
         self.cache, self.verbose = cache, verbose

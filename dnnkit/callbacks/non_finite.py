@@ -34,7 +34,7 @@ import math
 import lightning as L
 import torch
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 
 REMEDIES = (
     "lower the learning rate (optimizer.lr), clip gradients (e.g. trainer.gradient_clip_val=1.0), "
@@ -97,8 +97,7 @@ class NonFiniteGuard(L.Callback):
         self, action: str = "stop", max_skips: int = 10, check_gradients: bool | None = None, check_weights: bool = False
     ) -> None:
         self.action = choose("non-finite action", action, ["stop", "skip"])
-        if not isinstance(max_skips, int) or max_skips < 1:
-            raise DnnkitError(f"max_skips must be a positive integer, got {max_skips!r}")
+        number("max_skips", max_skips, 1, integer=True)
         self.max_skips = max_skips
         self.check_gradients = action == "skip" if check_gradients is None else check_gradients
         self.check_weights = check_weights

@@ -16,7 +16,7 @@ import math
 
 import lightning as L
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,9 @@ class Plateau:
     def __init__(self, mode: str = "min", patience: int = 5, threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0) -> None:
         self.mode = choose("mode", mode, ["min", "max"])
         self.threshold_mode = choose("threshold_mode", threshold_mode, ["rel", "abs"])
-        for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "patience" else 0):
-                raise DnnkitError(f"{name} must be an integer >= {1 if name == 'patience' else 0}, got {value!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
-            raise DnnkitError(f"threshold must be a number >= 0, got {threshold!r}")
+        number("patience", patience, 1, integer=True)
+        number("cooldown", cooldown, 0, integer=True)
+        number("threshold", threshold, 0)
         self.patience, self.threshold, self.cooldown = patience, float(threshold), cooldown
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad = 0  # evaluations in a row without improvement (outside cooldown)
@@ -123,10 +121,8 @@ class PerformanceScheduling(L.Callback):
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise DnnkitError(f"monitor must be a logged metric key such as 'val/loss', got {monitor!r}")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
-            raise DnnkitError(f"factor must be in (0, 1), got {factor!r}")
-        if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or min_lr < 0:
-            raise DnnkitError(f"min_lr must be a number >= 0, got {min_lr!r}")
+        number("factor", factor, 0, 1, low_open=True, high_open=True)
+        number("min_lr", min_lr, 0)
         self.monitor, self.factor, self.min_lr = monitor, float(factor), float(min_lr)
         self.plateau = Plateau(mode, patience, threshold, threshold_mode, cooldown)
         self.evaluations = 0

@@ -6,7 +6,7 @@ import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import number
 
 
 class ProgressBar(TQDMProgressBar):
@@ -24,8 +24,7 @@ class ProgressBar(TQDMProgressBar):
     """
 
     def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False) -> None:
-        if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)) or min_interval < 0:
-            raise DnnkitError(f"min_interval must be a number of seconds >= 0, got {min_interval!r}")
+        number("min_interval (seconds)", min_interval, 0)
         super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
         self.min_interval = min_interval
         self._drawn_at = 0.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.greedy import GreedyPretrainer
 from dnnkit.nn.autoencoder import encoder_linear
 from dnnkit.nn.rbm import cd_loss, hidden_probs, pseudo_likelihood, reconstruction_error, visible_probs
@@ -69,8 +69,7 @@ class RBMPretrainer(GreedyPretrainer):
         init_std: float | None = 0.01,
     ) -> None:
         super().__init__(model, optimizer, scheduler, epochs, layers)
-        if not isinstance(k, int) or k < 1:
-            raise DnnkitError(f"k (Gibbs steps of CD-k) must be a positive integer, got {k!r}")
+        number("k (Gibbs steps of CD-k)", k, 1, integer=True)
         linears = []
         for name, layer in zip(self.layer_names, self.layers):
             act = getattr(layer, "act", None)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.nn.activations import make_activation, default_init
 from dnnkit.nn.init import init_module_
 
@@ -90,15 +90,12 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         hidden = list(hidden)
-        for what, value in (("n_inputs", n_inputs), ("n_outputs", n_outputs)):
-            if not isinstance(value, int) or value <= 0:
-                raise DnnkitError(f"{what} must be a positive integer, got {value!r}")
+        number("n_inputs", n_inputs, 1, integer=True)
+        number("n_outputs", n_outputs, 1, integer=True)
         if not hidden or any(not isinstance(h, int) or h <= 0 for h in hidden):
             raise DnnkitError(f"hidden must be a non-empty list of positive layer sizes, got {hidden!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise DnnkitError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not 0.0 < bn_momentum <= 1.0:
-            raise DnnkitError(f"bn_momentum must be in (0, 1], got {bn_momentum!r}")
+        number("dropout", dropout, 0, 1, high_open=True)
+        number("bn_momentum", bn_momentum, 0, 1, low_open=True)
         if (batch_norm or output_batch_norm) and bn_momentum > 0.5:
             warnings.warn(
                 f"bn_momentum={bn_momentum} weights each new batch by {bn_momentum}: PyTorch convention. "

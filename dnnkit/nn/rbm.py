@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import number
 
 
 def hidden_probs(v: torch.Tensor, weight: torch.Tensor, hidden_bias: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,7 @@ def cd_loss(
         >>> loss.backward(); rbm.weight.grad.shape
         torch.Size([3, 6])
     """
-    if not isinstance(k, int) or k < 1:
-        raise DnnkitError(f"k (Gibbs steps of CD-k) must be a positive integer, got {k!r}")
+    number("k (Gibbs steps of CD-k)", k, 1, integer=True)
     start = v if chain is None else chain
     end = gibbs_chain(start.detach(), weight, hidden_bias, visible_bias, k)
     loss = free_energy(v, weight, hidden_bias, visible_bias).mean() - free_energy(end, weight, hidden_bias, visible_bias).mean()

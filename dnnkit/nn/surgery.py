@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.nn.activations import default_init
 from dnnkit.nn.init import init_module_
 from dnnkit.nn.mlp import MLP, DenseBlock
@@ -174,8 +174,7 @@ def restack(
     add = list(add or [])
     if any(not isinstance(n, int) or n <= 0 for n in add):
         raise DnnkitError(f"add must be a list of positive layer sizes, got {add!r}")
-    if n_outputs is not None and (not isinstance(n_outputs, int) or n_outputs < 1):
-        raise DnnkitError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+    number("n_outputs", n_outputs, 1, integer=True, optional=True)
     order = [n for n, _ in model.named_children()]
     dropped = list(select_layers(model, drop)) if drop else []
     if any("." in n for n in dropped) or dropped != order[len(order) - len(dropped):]:

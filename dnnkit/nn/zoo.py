@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 from dnnkit.nn.surgery import load_state_dict, replace_layer
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ class ZooNet(nn.Module):
     ) -> None:
         super().__init__()
         choose("torchvision model", name, classification_models())
-        if not isinstance(n_outputs, int) or n_outputs < 1:
-            raise DnnkitError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+        number("n_outputs", n_outputs, 1, integer=True)
         self.name, self.n_outputs = name, n_outputs
         is_file = weights is not None and (Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).is_file())
         enum = _weights_enum(name, weights) if weights is not None and not is_file else None

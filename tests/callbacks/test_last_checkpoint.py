@@ -98,5 +98,5 @@ def test_last_checkpoint_every_n_seconds(tmp_path, seconds, expected):
 
 
 def test_every_n_seconds_is_checked():
-    with pytest.raises(DnnkitError, match="every_n_seconds must be a number >= 0 or None, got -1"):
+    with pytest.raises(DnnkitError, match="every_n_seconds must be a number >= 0 or null, got -1"):
         LastCheckpoint(every_n_seconds=-1)

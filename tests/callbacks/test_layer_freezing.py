@@ -116,7 +116,7 @@ def test_bad_arguments():
         LayerFreezing()
     with pytest.raises(DnnkitError, match="not a valid regular expression"):
         LayerFreezing(frozen="hidden[12")
-    with pytest.raises(DnnkitError, match="unfreeze_at_epoch must be a non-negative integer"):
+    with pytest.raises(DnnkitError, match="unfreeze_at_epoch must be an integer >= 0 or null"):
         LayerFreezing(frozen="hidden1", unfreeze_at_epoch=-1)
 
 

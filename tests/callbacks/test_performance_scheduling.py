@@ -123,8 +123,8 @@ def test_plateau_mode_max_threshold_and_cooldown():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"factor": 1.5}, "factor must be in \\(0, 1\\), got 1.5"),
-        ({"patience": 0}, "patience must be an integer >= 1, got 0"),
+        ({"factor": 1.5}, "factor must be a number in \\(0, 1\\), got 1.5"),
+        ({"patience": 0}, "patience must be a positive integer, got 0"),
         ({"mode": "maximum"}, "unknown mode 'maximum'; valid: max, min"),
         ({"min_lr": -1}, "min_lr must be a number >= 0, got -1"),
     ],

@@ -19,5 +19,5 @@ def test_disabled_bar_never_redraws():
 
 
 def test_min_interval_is_checked():
-    with pytest.raises(DnnkitError, match="min_interval must be a number of seconds >= 0, got -1"):
+    with pytest.raises(DnnkitError, match="min_interval \\(seconds\\) must be a number >= 0, got -1"):
         ProgressBar(min_interval=-1)
