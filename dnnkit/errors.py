@@ -54,12 +54,15 @@ def number(
         return None
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
     ok = ok and (low is None or (value > low if low_open else value >= low))
-    ok = ok and (value < high if high_open else value <= high) if high is not None else ok and math.isfinite(value)
+    if high is None:
+        ok = ok and math.isfinite(value)
+    else:
+        ok = ok and (value < high if high_open else value <= high)
     if not ok:
         kind = "an integer" if integer else "a number"
         if high is not None:
             valid = f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        elif (low, low_open) in ((0, True), (1, False) if integer else (0, True)):
+        elif (low, low_open) == (0, True) or (integer and (low, low_open) == (1, False)):
             valid = f"a positive {kind.split()[-1]}"
         else:
             valid = kind if low is None else f"{kind} {'>' if low_open else '>='} {low}"
