@@ -100,7 +100,8 @@ def _download(info: DatasetInfo, target: Path, timeout: float) -> str | None:
         getattr(tvd, info.torchvision_class)(str(target), train=True, download=True)
         return None
     except Exception as err:  # network errors come in many types; we report, never hide
-        return f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        # torchvision's message spans lines ("Error downloading ...:\nTried URL, got:\n<urlopen error ...>")
+        return " ".join(f"{type(err).__name__}: {err}".split())[:300]
     finally:
         socket.setdefaulttimeout(old)
 
@@ -119,7 +120,7 @@ def find_dataset(name: str, root: str | Path | None = None, download: bool = Tru
             return found
         tried.append(f"{label}: {folder}")
     if not os.environ.get("DNNKIT_DATA_DIR"):
-        tried.append("$DNNKIT_DATA_DIR: not set")
+        tried.insert(1 if root else 0, "$DNNKIT_DATA_DIR: not set")  # where it is searched: after root
     cache = cache_dir()
     for sub in info.subfolders:
         if (found := files_in(cache / sub)) is not None:

@@ -47,6 +47,33 @@ def test_not_found_lists_every_place_and_the_fixes(no_data, monkeypatch):
         assert expected in message
 
 
+def test_not_found_lists_the_places_in_search_order(no_data, monkeypatch):
+    def failing_download(info, target, timeout):
+        return "RuntimeError: Error downloading train-images-idx3-ubyte.gz: Tried https://example/, got: <urlopen error>"
+
+    monkeypatch.setattr("dnnkit.data.discovery._download", failing_download)
+    with pytest.raises(DatasetNotFound) as err:
+        find_dataset("fashion_mnist", root=no_data / "nowhere")
+    places = str(err.value).split("Looked in:")[1].split("To fix")[0]
+    order = [places.index(s) for s in ("root argument", "$DNNKIT_DATA_DIR: not set", "Debian package", "torchvision download")]
+    assert order == sorted(order)
+    assert "<urlopen error>" in places  # the cause, not only torchvision's first line
+
+
+def test_download_failure_keeps_every_line_of_the_reason(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    from dnnkit.data.discovery import DATASETS, _download
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading x.gz:\nTried https://a/, got:\n<urlopen error [Errno -2]>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    assert _download(DATASETS["mnist"], tmp_path, 1.0) == (
+        "RuntimeError: Error downloading x.gz: Tried https://a/, got: <urlopen error [Errno -2]>"
+    )
+
+
 def test_cli_without_data_or_network_fails_fast_and_clearly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DNNKIT_DATA_DIR"}
     env.update(HOME=str(tmp_path), DNNKIT_CACHE_DIR=str(tmp_path / "cache"))
