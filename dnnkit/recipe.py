@@ -284,6 +284,16 @@ def is_global_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
+def close_process_group() -> None:
+    """Shut a DDP process group down before the interpreter does. Lightning closes only NCCL's
+    at exit; gloo's, left to exit-time destructors, can abort a rank that finished its work
+    ("terminate called without an active exception", exit status 134)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     """Run every stage of ``cfg`` (each for each of its seeds) under ``run_dir``; print and
     save the results table (``results.md``, ``results.json``) and the curves (``curves.png``)."""

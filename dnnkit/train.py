@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dnnkit.errors import find_dnnkit_error
-from dnnkit.recipe import config_dir, run_recipe
+from dnnkit.recipe import close_process_group, config_dir, run_recipe
 
 
 def quiet_third_party_noise() -> None:
@@ -43,6 +43,8 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {ours}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        close_process_group()
     last = results[-1].metrics if results else {}
     return last.get("val/acc")
 

@@ -5,9 +5,9 @@ A NaN batch on rank 1 only is the hard case for a decision: rank 0's own loss is
 ``action=skip`` both ranks must drop the same step (else their weights part ways); with
 ``action=stop`` both must stop at the same step, and the command exits 2 with one message.
 
-To add: PerformanceScheduling (issue 3a) and LayerFreezing (issue 4) live on other branches;
-put them in ``DDP`` (e.g. ``+callbacks.freeze=...``) and compare ``lrs`` and ``frozen``, which
-``RankProbe`` already records per rank.
+The skip run also unfreezes two layers after epoch 0 (``LayerFreezing``): DDP averages only the
+gradients it wrapped, so the ranks stay identical only if the callback rewraps the model.
+PerformanceScheduling's DDP test is in ``tests/callbacks/test_performance_scheduling.py``.
 """
 
 import json
@@ -39,6 +39,8 @@ def test_two_processes_agree(fake_data, tmp_path):
         out = tmp_path / action
         args = [*DDP, f"callbacks.non_finite.action={action}", f"hydra.run.dir={out}",
                 f"+callbacks.probe={{_target_: tests.probes.RankProbe, out: {out / 'probe'}}}"]
+        if action == "skip":
+            args.append('+callbacks.freeze={_target_: dnnkit.callbacks.LayerFreezing, frozen: "hidden[12]", unfreeze_at_epoch: 1}')
         runs[action] = subprocess.Popen(cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env=cli_env(MASTER_PORT=port), cwd=tmp_path)
     outputs = {action: proc.communicate(timeout=600) for action, proc in runs.items()}
@@ -52,6 +54,7 @@ def test_two_processes_agree(fake_data, tmp_path):
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 10  # 1000 images / (2 x 100) x 2 epochs
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert ranks[0]["lrs"] == ranks[1]["lrs"] and ranks[0]["train_loss"] == ranks[1]["train_loss"]
+    assert ranks[0]["frozen"] == ranks[1]["frozen"] == [] and len(ranks[0]["lrs"]) == 2  # unfrozen into a new group
     assert stdout.count("train: results") == 1 and (tmp_path / "skip" / "train" / "result.json").is_file()
 
     # stop: both ranks stop at the same step with the same decision; exit 2, no traceback

@@ -162,6 +162,7 @@ class LayerFreezing(L.Callback):
     def _unfreeze(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict | None = None, restoring: bool = False) -> None:
         layers = self.layers_to_unfreeze() if layers is None else layers
         unfreeze(pl_module, layers)
+        rewrap_ddp(trainer)
         for name in layers:
             self.frozen_layers.pop(name)
         self.unfrozen_layers = list(layers)
@@ -206,3 +207,20 @@ class LayerFreezing(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restore = list(state_dict.get("unfrozen_layers", []))
+
+
+def rewrap_ddp(trainer: L.Trainer) -> None:
+    """Wrap the model in a new ``DistributedDataParallel`` after layers were unfrozen.
+
+    DDP averages across ranks only the gradients of the parameters that required grad when it
+    wrapped the model. Without a new wrapper the unfrozen layers would train on each rank's own
+    batches, and the ranks' weights would drift apart. Every rank unfreezes at the same epoch, so
+    every rank rewraps at the same point. The new wrapper broadcasts rank 0's weights, which are
+    still identical on every rank.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
