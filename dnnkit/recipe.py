@@ -318,7 +318,8 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
                 result = StageResult.from_json(json.loads(marker.read_text()))
                 log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, marker)
             else:
-                print(f"\n== stage {name}" + (f", seed {seed}" if len(seeds) > 1 else "") + f"  ->  {stage_dir}")
+                if is_global_zero():  # other DDP ranks run the same stages
+                    print(f"\n== stage {name}" + (f", seed {seed}" if len(seeds) > 1 else "") + f"  ->  {stage_dir}")
                 result = fit_stage(name, stage_cfg, seed, stage_dir, done)
                 if is_global_zero():
                     marker.write_text(json.dumps(result.to_json(), indent=1))

@@ -56,6 +56,7 @@ def test_two_processes_agree(fake_data, tmp_path):
     assert ranks[0]["lrs"] == ranks[1]["lrs"] and ranks[0]["train_loss"] == ranks[1]["train_loss"]
     assert ranks[0]["frozen"] == ranks[1]["frozen"] == [] and len(ranks[0]["lrs"]) == 2  # unfrozen into a new group
     assert stdout.count("train: results") == 1 and (tmp_path / "skip" / "train" / "result.json").is_file()
+    assert stdout.count("== stage train") == 1  # rank 1 runs the stages silently
 
     # stop: both ranks stop at the same step with the same decision; exit 2, no traceback
     stdout, stderr = outputs["stop"]
