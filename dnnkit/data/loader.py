@@ -70,7 +70,7 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects DataLoader-like attributes
-        self._skip = 0  # batches of the current epoch served before the checkpoint we resume from
+        self._resume: tuple[int, int] | None = None  # (epoch, batches served) of the checkpoint we resume from
         self._served = 0
 
     @property
@@ -102,7 +102,10 @@ class TensorLoader:
     def __iter__(self):
         order = self.order(self.sampler.epoch)
         bs = self.batch_size
-        skip, self._skip = self._skip, 0
+        # skip what the checkpoint's epoch had served; a checkpoint written after an epoch's last
+        # batch resumes at the next epoch (Lightning then sets that epoch), which starts at batch 0
+        resume, self._resume = self._resume, None
+        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
         self._served = skip
         for i in range(skip, len(self)):
             b = self.rank + i * self.world_size
@@ -115,4 +118,4 @@ class TensorLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.epoch = state["epoch"]
-        self._skip = state["served"]
+        self._resume = (state["epoch"], state["served"])

@@ -76,6 +76,23 @@ def test_loader_shards_by_rank():
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
 
 
+def test_loader_resumes_where_its_checkpoint_stopped():
+    x = torch.zeros(20, 2, 2, dtype=torch.uint8)
+
+    def labels(loader, epoch, state=None):
+        if state is not None:
+            loader.load_state_dict(state)
+        loader.sampler.set_epoch(epoch)  # Lightning's order: state first, then the epoch it runs
+        return [y.tolist() for _, y in loader]
+
+    fresh = TensorLoader(x, torch.arange(20), 4, shuffle=True, seed=1)
+    epoch1 = labels(fresh, 1)
+    # saved after 2 of epoch 1's 5 batches: the rest of epoch 1
+    assert labels(TensorLoader(x, torch.arange(20), 4, shuffle=True, seed=1), 1, {"epoch": 1, "served": 2}) == epoch1[2:]
+    # saved after epoch 0's last batch: Lightning goes on with epoch 1, which must run whole
+    assert labels(TensorLoader(x, torch.arange(20), 4, shuffle=True, seed=1), 1, {"epoch": 0, "served": 5}) == epoch1
+
+
 def test_val_split_first_takes_the_head_of_the_file():
     labels = torch.arange(100) % 10
     train, val = split_indices(labels, 20, None, seed=3, val_split="first")
