@@ -29,7 +29,12 @@ def load_arrays(name: str, root: str | None = None, download: bool = True) -> di
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise DnnkitError(f"{files[split + '_images']} holds {n_img} images but {files[split + '_labels']} {n_lab} labels")
-        arrays[f"{split}_labels"] = arrays[f"{split}_labels"].long()
+        labels = arrays[f"{split}_labels"] = arrays[f"{split}_labels"].long()
+        n_classes = len(DATASETS[name].classes)
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes:
+            bad = labels[(labels < 0) | (labels >= n_classes)][0].item()
+            raise DnnkitError(f"{files[split + '_labels']} holds label {bad}; {name} labels are 0..{n_classes - 1}")
+    log.info("%s: reading %s", name, files["train_images"].parent)
     return arrays
 
 

@@ -3,8 +3,9 @@
 Search order for dataset ``name`` (``mnist`` or ``fashion_mnist``):
 
 1. the ``root`` argument (a flat folder of the four IDX files, gzipped or not);
-2. ``$DNNKIT_DATA_DIR``: flat, a ``<name>/`` subfolder (``mnist/``, ``fashion-mnist/`` or
-   ``fashion_mnist/``), or torchvision's ``<Name>/raw/`` layout (``MNIST/raw``, ``FashionMNIST/raw``);
+2. ``$DNNKIT_DATA_DIR``: a ``<name>/`` subfolder (``mnist/``, ``fashion-mnist/`` or
+   ``fashion_mnist/``), torchvision's ``<Name>/raw/`` layout (``MNIST/raw``, ``FashionMNIST/raw``),
+   then the folder itself (flat);
 3. Debian's dataset folder (``/usr/share/datasets/fashion-mnist`` from ``dataset-fashion-mnist``);
 4. a torchvision download into ``$DNNKIT_CACHE_DIR`` (default ``~/.cache/dnnkit``), which is
    then searched like a ``DNNKIT_DATA_DIR``.
@@ -80,8 +81,10 @@ def candidate_folders(info: DatasetInfo, root: str | Path | None) -> list[tuple[
     if os.environ.get("DNNKIT_DATA_DIR"):
         bases.append(("$DNNKIT_DATA_DIR", Path(os.environ["DNNKIT_DATA_DIR"]).expanduser()))
     for label, base in bases:
-        places.append((label, base))
+        # the named subfolders first: both sets use the same file names, so a flat folder of
+        # MNIST must not answer for fashion_mnist when a fashion-mnist/ subfolder is there
         places += [(label, base / sub) for sub in info.subfolders]
+        places.append((label, base))
     places += [("Debian package " + (info.debian_package or ""), Path(d)) for d in info.debian_dirs]
     return places
 

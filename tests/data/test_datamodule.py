@@ -100,3 +100,16 @@ def test_val_split_first_takes_the_head_of_the_file():
     assert sorted(train.tolist()) == list(range(20, 100))
     with pytest.raises(DnnkitError, match="unknown val_split 'last'; valid: first, random"):
         split_indices(labels, 20, None, seed=3, val_split="last")
+
+
+def test_a_label_outside_the_classes_names_the_file(fake_data):
+    from dnnkit.data.datamodule import load_arrays
+    from dnnkit.data.idx import write_idx
+
+    path = fake_data / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    labels = torch.zeros(300, dtype=torch.uint8)
+    labels[7] = 12
+    write_idx(path, labels)
+    load_arrays.cache_clear()
+    with pytest.raises(DnnkitError, match=r"t10k-labels-idx1-ubyte.gz holds label 12; mnist labels are 0..9"):
+        MNISTDataModule("mnist").setup()

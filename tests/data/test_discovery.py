@@ -31,6 +31,15 @@ def test_root_argument_comes_first(no_data, monkeypatch):
     assert find_dataset("mnist", root=no_data / "root", download=False)["test_labels"].parent == no_data / "root"
 
 
+def test_named_subfolder_wins_over_a_flat_folder_of_the_other_set(no_data, monkeypatch):
+    # MNIST flat in the folder, Fashion-MNIST in its subfolder: same file names, different sets
+    write_fake_dataset(no_data / "d", n_train=20, n_test=10)
+    write_fake_dataset(no_data / "d" / "fashion-mnist", n_train=20, n_test=10)
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
+    assert find_dataset("fashion_mnist", download=False)["train_images"].parent == no_data / "d" / "fashion-mnist"
+    assert find_dataset("mnist", download=False)["train_images"].parent == no_data / "d"
+
+
 def test_fashion_subfolder_names(no_data, monkeypatch):
     write_fake_dataset(no_data / "d" / "FashionMNIST" / "raw", n_train=20, n_test=10)
     monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
