@@ -258,6 +258,10 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
         x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
         config = OmegaConf.to_container(cfg.model, resolve=True)
+        if getattr(model, "new_layers", None):  # reshaped by `reuse: {drop, add, n_outputs}`: rebuild that shape
+            config.update(hidden=list(model.hidden_sizes), n_outputs=model.n_outputs)
+            if "output" in model.new_layers:
+                config["output_batch_norm"] = False
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
         meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
         save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2

@@ -2,6 +2,7 @@
 
 import torch
 
+from dnnkit.nn import load_inference_model
 from dnnkit.nn.surgery import load_state_dict
 from dnnkit.recipe import run_recipe
 from tests.conftest import FAST, compose_config
@@ -29,3 +30,6 @@ def test_reuse_recipe_runs_with_a_cached_frozen_stage(fake_data, tmp_path, capsy
     assert frozen["model.hidden4.linear.weight"].shape == (20, 50)
     for k in ("model.hidden1.linear.weight", "model.hidden2.linear.bias"):
         assert torch.equal(src[k], frozen[k])  # frozen: still the clipping stage's weights
+    # the exported model of a reshaped stage rebuilds that shape (it used to fail to load)
+    exported = load_inference_model(tmp_path / "run" / "frozen_cached" / "model.pt")
+    assert exported.hidden_sizes[-1] == 20 and exported(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

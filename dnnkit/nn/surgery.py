@@ -195,8 +195,10 @@ def restack(
     new = []
     scheme = init or default_init(model.activation)
     for units in add:
-        block = DenseBlock(sizes[-1], units, batch_norm=hasattr(top, "bn"), dropout=getattr(getattr(top, "dropout", None), "p", 0.0))
+        block = DenseBlock(sizes[-1], units, batch_norm=hasattr(top, "bn"))
         block.act = copy.deepcopy(top.act)
+        if hasattr(top, "dropout"):  # the same kind too: SELU's AlphaDropout stays AlphaDropout
+            block.dropout = copy.deepcopy(top.dropout)
         if hasattr(top, "bn"):
             block.bn.momentum = top.bn.momentum
         init_module_(block, scheme, init_distribution)

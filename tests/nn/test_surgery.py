@@ -100,3 +100,11 @@ def test_replace_layer():
     assert isinstance(net.hidden2.act, nn.Tanh)
     with pytest.raises(DnnkitError, match="MLP has no layer 'hidden7'; layers are: hidden1"):
         replace_layer(net, "hidden7", nn.Identity())
+
+
+def test_added_layers_copy_the_top_layers_dropout_kind():
+    from dnnkit.nn import MLP, restack
+
+    net = restack(MLP(784, [30, 20], 10, activation="selu", dropout=0.1), drop="output", add=[5])
+    assert type(net.hidden3.dropout) is type(net.hidden2.dropout) is torch.nn.AlphaDropout
+    assert net.hidden3.dropout.p == 0.1 and isinstance(net.hidden3.act, torch.nn.SELU)
