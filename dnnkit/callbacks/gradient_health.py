@@ -200,9 +200,12 @@ def diagnose(
         return findings
     layers = list(history[0]["grad"])
     top = layers[-1]
-    nonfinite = [n for n in layers if any(not math.isfinite(h["grad"].get(n, 0.0)) for h in history)]
+    def exploded(h: dict, n: str) -> bool:
+        return not math.isfinite(h["grad"].get(n, 0.0)) and n not in h.get("no_grad", ())
+
+    nonfinite = [n for n in layers if any(exploded(h, n) for h in history)]
     if nonfinite:
-        first = next(h["step"] for h in history if any(not math.isfinite(h["grad"].get(n, 0.0)) for n in nonfinite))
+        first = next(h["step"] for h in history if any(exploded(h, n) for n in nonfinite))
         findings.append(Finding("exploding", nonfinite, (
             f"Exploding gradients: the gradients of {_names(nonfinite)} became infinite or NaN (first at step {first}). "
             f"Remedies: {REMEDIES['exploding']}.")))
@@ -320,6 +323,7 @@ class GradientHealth(L.Callback):
         self._hooks: list = []
         self._act: dict[str, dict[str, torch.Tensor]] = {}
         self._grad: dict[str, float] | None = None
+        self._no_grad: list[str] = []
         self._before: dict[str, list[torch.Tensor]] = {}
         self._epoch: dict[str, list[float]] = {}
         self._sample = False
@@ -351,6 +355,8 @@ class GradientHealth(L.Callback):
         if not self._sample:
             return
         self._grad = layer_grad_norms(self._watched)
+        # frozen (or unused) layers have no gradient: their NaN norm means "none", not "exploded"
+        self._no_grad = [n for n, m in self._watched.items() if all(p.grad is None for p in m.parameters())]
         self._before = {n: [p.detach().clone() for p in m.parameters() if p.requires_grad] for n, m in self._watched.items()}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -373,6 +379,7 @@ class GradientHealth(L.Callback):
             "grad": {self._names[n]: v for n, v in self._grad.items()},
             "update": {self._names[n]: v for n, v in update.items()},
             "act": {self._names[n]: v for n, v in act.items()},
+            "no_grad": [self._names[n] for n in self._no_grad],
         }
         self.history.append(record)
         self._grad, self._before, self._act = None, {}, {}

@@ -162,6 +162,20 @@ def test_callback_on_a_plain_module_records_logs_and_saves(tmp_path):
     assert (tmp_path / "gradient_health.png").stat().st_size > 5000
 
 
+def test_a_frozen_layer_is_not_exploding(tmp_path):
+    # a frozen layer has no gradient: its norm is NaN, which must not read as an explosion
+    from dnnkit.callbacks import LayerFreezing
+
+    health = GradientHealth(every_n_steps=1, plot=False, verbose=False, log_metrics=False)
+    t = L.Trainer(max_epochs=1, callbacks=[LayerFreezing(frozen="body.0", verbose=False), health], logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    t.fit(PlainNet(), loader())
+    assert health.history[0]["no_grad"] == ["0"] and math.isnan(health.history[0]["grad"]["0"])
+    assert health.findings == []
+    nan = record(3, {"0": 1.0, "2": math.nan, "4": 1.0})  # a real NaN gradient still is one
+    assert [f.problem for f in diagnose([record(s, {"0": 1.0, "2": 1.0, "4": 1.0}) for s in range(3)] + [nan])] == ["exploding"]
+
+
 def test_summary_is_printed_at_fit_end(tmp_path, capsys):
     trainer(tmp_path, GradientHealth(every_n_steps=1)).fit(PlainNet(nn.ReLU), loader())
     out = capsys.readouterr().out
