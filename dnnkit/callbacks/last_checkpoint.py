@@ -60,6 +60,10 @@ class LastCheckpoint(CachedStateKey, ModelCheckpoint):
         self._saved_at = time.monotonic()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.is_last_batch:
+            # the epoch-end save follows validation. A save now would also stop that one (same
+            # global step), and a resume from it would take the epoch, unvalidated, for finished.
+            return
         n = self._every_n_train_steps
         due = bool(n) and trainer.global_step % n == 0
         if not due and self.every_n_seconds is not None:
@@ -70,7 +74,7 @@ class LastCheckpoint(CachedStateKey, ModelCheckpoint):
             self._save_last_now(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save_last_now(trainer)  # validation has run: the epoch's metrics and best-model state are in
+        self._save_last_now(trainer)  # validation has run: the epoch's metrics and callback states are in
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass

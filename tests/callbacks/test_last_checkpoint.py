@@ -64,6 +64,26 @@ def test_last_checkpoint_every_n_steps_and_at_epoch_end(tmp_path):
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 24
 
 
+def test_a_step_save_on_the_epochs_last_batch_leaves_the_epoch_end_save_to_come(tmp_path):
+    # 8 batches an epoch, a save due every 8 steps: the save must come after the epoch's end,
+    # with the states that change there, not at the last batch (which kept the epoch-end save
+    # from happening, so last.ckpt missed them and a resume took the epoch for finished)
+    class EpochsEnded(L.Callback):
+        def __init__(self):
+            self.n = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.n += 1
+
+        def state_dict(self):
+            return {"n": self.n}
+
+    counter = EpochsEnded()
+    fit(tmp_path, counter, every=8)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 24 and ckpt["callbacks"][counter.state_key] == {"n": 3}
+
+
 def test_crash_then_resume_matches_uninterrupted(tmp_path):
     # a plain DataLoader restarts its epoch on resume, so the checkpoint is at an epoch end here;
     # the crash comes 3 steps into the next epoch, whose dropout masks must be drawn again
