@@ -49,8 +49,9 @@ class EpochSummary(L.Callback):
         if not self.verbose:
             return
         keys = self.keys or sorted(k for k in row if k != "epoch")
-        width = len(str(trainer.max_epochs)) if trainer.max_epochs and trainer.max_epochs > 0 else 3
-        parts = [f"epoch {row['epoch']:>{width}}/{trainer.max_epochs}"]
+        bounded = trainer.max_epochs is not None and trainer.max_epochs > 0  # not with max_steps alone (-1)
+        width = len(str(trainer.max_epochs)) if bounded else 3
+        parts = [f"epoch {row['epoch']:>{width}}" + (f"/{trainer.max_epochs}" if bounded else "")]
         parts += [f"{k} {row[k]:.4f}" for k in keys if k in row and math.isfinite(row[k])]
         parts.append(f"({time.perf_counter() - self._start:.1f} s)")
         tqdm.write("  ".join(parts))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dnnkit.errors import choose, number
-from dnnkit.nn.select import select_parameters
+from dnnkit.nn.select import compile_pattern, select_parameters
 
 MODES = ("value", "norm", "param_norm", "agc")
 
@@ -185,6 +185,8 @@ class GradientClipping(L.Callback):
         self.threshold = float(threshold)
         self.clip_factor = float(clip_factor)
         self.eps = float(eps)
+        if mode == "agc" and exclude:
+            compile_pattern(exclude)  # a bad pattern fails here, not at fit start
         self.exclude = exclude
         self.log = log
         self.stats = {"steps": 0, "clipped_steps": 0, "elements": 0, "clipped_elements": 0}

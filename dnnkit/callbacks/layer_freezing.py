@@ -137,6 +137,8 @@ class LayerFreezing(L.Callback):
             return
         self.frozen_layers = freeze(pl_module, self.frozen, self.trainable)
         self.unfrozen_layers = []
+        if self.unfreeze is not None:
+            self.layers_to_unfreeze()  # an `unfreeze` pattern that matches no frozen layer fails now, not epochs later
         # pinning the frozen layers in eval mode is the point; Lightning warns about it at fit start
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 

@@ -143,6 +143,9 @@ class NonFiniteGuard(L.Callback):
         self._params = list(pl_module.named_parameters())
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._loss = None  # a step whose training_step returned None has no loss: not the last one's
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()
 

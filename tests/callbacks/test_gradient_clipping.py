@@ -151,6 +151,7 @@ def test_state_survives_checkpoint_resume(tmp_path):
     ({"threshold": -1.0}, "threshold must be a positive number, got -1.0"),
     ({"threshold": float("nan")}, "threshold must be a positive number, got nan"),
     ({"clip_factor": "0.1"}, "clip_factor must be a positive number, got '0.1'"),
+    ({"mode": "agc", "exclude": "fc[1"}, "'fc\\[1' is not a valid regular expression"),
 ])
 def test_bad_arguments_fail_in_the_constructor(kwargs, message):
     with pytest.raises(DnnkitError, match=message.replace("(", "\\(").replace(")", "\\)")):

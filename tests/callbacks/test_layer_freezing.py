@@ -125,6 +125,13 @@ def test_pattern_matching_nothing_fails_at_setup(tmp_path):
         trainer(tmp_path, 1, [LayerFreezing(frozen="hidden[12]")]).fit(PlainNet(), loader())
 
 
+def test_unfreeze_pattern_matching_no_frozen_layer_fails_before_training(tmp_path):
+    t = trainer(tmp_path, 3, [LayerFreezing(frozen="features", unfreeze="head", unfreeze_at_epoch=2)])
+    with pytest.raises(DnnkitError, match="unfreeze='head' matches none of the frozen layers"):
+        t.fit(PlainNet(), loader())
+    assert t.global_step == 0
+
+
 def test_unfreeze_under_a_scheduler(tmp_path):
     class Scheduled(PlainNet):
         def configure_optimizers(self):

@@ -93,6 +93,16 @@ def test_skip_stops_after_max_skips_in_a_row(tmp_path):
         trainer(tmp_path, NonFiniteGuard(action="skip", max_skips=2)).fit(Tiny(nan_at=(2, 3, 4)))
 
 
+def test_a_step_without_a_loss_is_not_judged_on_the_last_one(tmp_path):
+    class SkipsBatches(Tiny):  # a NaN loss at step 0, then steps whose training_step returns None
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx in (1, 2, 3) else super().training_step(batch, batch_idx)
+
+    guard = NonFiniteGuard(action="skip", max_skips=2)
+    trainer(tmp_path, guard, epochs=1).fit(SkipsBatches(nan_at=(0,)))  # was: "3 bad steps in a row"
+    assert guard.skipped == 1
+
+
 def test_no_checkpoint_with_non_finite_weights(tmp_path):
     module = Tiny()
     with torch.no_grad():
