@@ -13,7 +13,7 @@ Either form the book uses selects what is frozen: ``frozen="hidden[12]"``, or
 
 from __future__ import annotations
 
-import types
+import functools
 from collections.abc import Callable
 
 import torch
@@ -32,7 +32,7 @@ def _train_pinned(self: nn.Module, mode: bool = True) -> nn.Module:
 def pin_eval(module: nn.Module) -> None:
     """Put ``module`` (and everything under it) into eval mode and keep it there."""
     for sub in module.modules():
-        sub.train = types.MethodType(_train_pinned, sub)
+        sub.train = functools.partial(_train_pinned, sub)  # unlike a bound method, it pickles (torch.save(model))
     nn.Module.train(module, False)
 
 

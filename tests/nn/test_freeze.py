@@ -52,3 +52,14 @@ def test_bad_arguments():
         freeze(net)
     with pytest.raises(DnnkitError, match="'hidden9' matches no layer of MLP; layers are: hidden1, "):
         freeze(net, "hidden9")
+
+
+def test_a_model_with_frozen_layers_saves_and_loads_whole(tmp_path):
+    import copy
+
+    net = MLP(784, [8, 8], 3, batch_norm=True)
+    freeze(net, "hidden1")
+    torch.save(net, tmp_path / "net.pt")  # the whole object, as users and multiprocessing pickle it
+    for loaded in (torch.load(tmp_path / "net.pt", weights_only=False), copy.deepcopy(net)):
+        loaded.train()
+        assert not loaded.hidden1.bn.training and loaded.hidden2.bn.training  # still pinned, still its own
