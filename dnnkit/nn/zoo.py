@@ -91,6 +91,8 @@ def _load_file(backbone: nn.Module, path: Path, head: str) -> None:
         own[key].copy_(tensor)
 
 
+AUX_LOGITS = ("googlenet", "inception_v3")  # models built with training-time auxiliary classifiers
+
 class ZooNet(nn.Module):
     """A torchvision backbone with a new ``n_outputs`` head behind an :class:`InputAdapter`.
 
@@ -128,7 +130,9 @@ class ZooNet(nn.Module):
         is_file = weights is not None and (Path(weights).suffix in WEIGHT_FILE_SUFFIXES or Path(weights).is_file())
         enum = _weights_enum(name, weights) if weights is not None and not is_file else None
         try:
-            backbone = torchvision.models.get_model(name, weights=enum)
+            # no auxiliary heads: their forward would return a namedtuple in training, not logits
+            extra = {"aux_logits": False} if name in AUX_LOGITS else {}
+            backbone = torchvision.models.get_model(name, weights=enum, **extra)
         except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
             raise DnnkitError(
                 f"cannot download torchvision weights {weights!r} for {name} ({err}); offline? "

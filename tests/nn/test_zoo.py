@@ -43,6 +43,12 @@ def test_mobilenet_on_28x28():
     assert net.head == "classifier.3" and net(torch.rand(2, 1, 28, 28)).shape == (2, 2)
 
 
+def test_googlenet_gives_logits_in_training_too():
+    net = ZooNet("googlenet", n_outputs=3, input_size=64).train()
+    out = net(torch.rand(2, 1, 28, 28))  # was a GoogLeNetOutputs namedtuple with 1000-way aux heads
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3) and net.backbone.aux1 is None
+
+
 def test_bad_names_and_files(tmp_path):
     with pytest.raises(DnnkitError, match="unknown torchvision model 'resnet19'; valid: .*resnet18"):
         ZooNet("resnet19")
