@@ -32,6 +32,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     base = OmegaConf.to_container(cfg, resolve=False)
     stages = base.pop("stages", None)
     if not stages:
-        return [(cfg.get("name") or "train", cfg)]
+        return check_stages([(cfg.get("name") or "train", cfg)])
     if not isinstance(stages, dict):
         raise DnnkitError(f"stages must be a mapping of stage name -> overrides, got {stages!r}")
     out = []
@@ -122,7 +123,26 @@ def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
             raise DnnkitError(f"stage {name!r} sets unknown keys {unknown}; valid: {sorted(set(base) | set(STAGE_KEYS))}")
         merged = merge(base, over)
         out.append((name, OmegaConf.create(merged)))
-    return out
+    if not out:
+        raise DnnkitError(f"every stage of {sorted(stages)} is switched off (null): nothing to run")
+    return check_stages(out)
+
+
+def check_stages(stages: list[tuple[str, DictConfig]]) -> list[tuple[str, DictConfig]]:
+    """``stages``, once their ``seeds`` and ``published`` are known to be usable: checked before
+    any stage trains, not when the table is printed at the end."""
+    for name, stage in stages:
+        seeds = stage.get("seeds")
+        if seeds is not None and (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
+                                  or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds)):
+            raise DnnkitError(f"stage {name!r}: seeds must be a list of distinct integers such as [0, 1, 2], got {seeds!r}")
+        pub = stage.get("published")
+        if pub is not None and not (isinstance(pub, Mapping) and isinstance(pub.get("metric"), str)
+                                    and isinstance(pub.get("value"), (int, float)) and not isinstance(pub.get("value"), bool)):
+            raise DnnkitError(
+                f"stage {name!r}: published must be {{metric: <key such as test/acc>, value: <number>, source: <text>}}, got {pub!r}"
+            )
+    return stages
 
 
 # ----------------------------------------------------------------------------- running

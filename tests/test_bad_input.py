@@ -65,6 +65,13 @@ CATALOGUE = {
     "n_per_class too large": (["data.n_per_class=5000"], r"n_per_class=5000 but class \d has only \d+ training images .* use n_per_class <= \d+"),
     "val_size too large": (["data.val_size=999999"], r"val_size must be an integer in \[0, 1200\), got 999999"),
     "epochs 0": (["trainer.max_epochs=0"], r"trainer.max_epochs must be a positive integer \(or -1\), got 0"),
+    "hidden not a list": (["model.hidden=300"], r"hidden must be a list of layer sizes such as \[300, 100\], got 300"),
+    "classes not a list": (["data.classes=5"], r"data.classes=5 is invalid"),
+    "classes not integers": (["data.classes=[0.5,1.7]"], r"data.classes=\[0.5, 1.7\] is invalid"),
+    "seeds not a list": (["+seeds=3"], r"stage 'train': seeds must be a list of distinct integers such as \[0, 1, 2\], got 3"),
+    "published without value": (["+published={metric: test/acc, val: 0.99}"], r"stage 'train': published must be \{metric: .*, got"),
+    "every stage null": (["+recipe=transfer", "stages.A=null", "stages.B_scratch=null", "stages.B_on_A=null"],
+                         r"every stage of \['A', 'B_on_A', 'B_scratch'\] is switched off \(null\): nothing to run"),
 }
 
 

@@ -24,13 +24,14 @@ from dnnkit.data.datamodule import MNISTDataModule
 from dnnkit.errors import DnnkitError, choose
 
 TASKS = {"shuffle_patches": 2, "noise": 2, "rotation": 4}
+PATCHES = (1, 2, 4, 7, 14)  # tile sides that divide 28 and leave at least 2x2 tiles
 
 
 def shuffle_patches(images: torch.Tensor, patch: int, generator: torch.Generator) -> torch.Tensor:
     """Each image's ``patch`` x ``patch`` tiles in a random order (never the original order)."""
     n, h, w = images.shape
-    if h % patch or w % patch:
-        raise DnnkitError(f"patch={patch} must divide the image size {h}x{w}")
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1 or h % patch or w % patch or h * w // patch**2 < 2:
+        raise DnnkitError(f"patch={patch!r} must divide the image size {h}x{w} into at least 2 tiles")
     gh, gw = h // patch, w // patch
     tiles = images.reshape(n, gh, patch, gw, patch).permute(0, 1, 3, 2, 4).reshape(n, gh * gw, patch, patch)
     order = torch.rand(n, gh * gw, generator=generator).argsort(1)
@@ -91,6 +92,8 @@ class AuxiliaryDataModule(MNISTDataModule):
             raise DnnkitError(f"an auxiliary task makes its labels from all images; n_per_class must be null, got {kwargs['n_per_class']!r}")
         super().__init__(**kwargs)
         self.task, self.patch = choose("auxiliary task", task, TASKS), patch
+        if task == "shuffle_patches" and (isinstance(patch, bool) or patch not in PATCHES):
+            raise DnnkitError(f"patch must cut the 28x28 images into at least 2x2 tiles: one of {PATCHES}, got {patch!r}")
         self.num_classes = TASKS[task]
         self.class_names = ["real", "corrupted"] if self.num_classes == 2 else ["0°", "90°", "180°", "270°"]
 

@@ -12,7 +12,7 @@ import torch
 from dnnkit.data.discovery import DATASETS, find_dataset
 from dnnkit.data.idx import read_idx
 from dnnkit.data.loader import TensorLoader
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,12 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         choose("dataset", name, DATASETS)
-        for what, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise DnnkitError(f"data.{what} must be a positive integer, got {value!r}")
+        number("data.batch_size", batch_size, 1, integer=True)
+        number("data.eval_batch_size", eval_batch_size, 1, integer=True)
         if classes is not None:
-            classes = [int(c) for c in classes]
-            bad = [c for c in classes if not 0 <= c < 10]
-            if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+            ok = isinstance(classes, Sequence) and not isinstance(classes, str)
+            if not ok or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 10 for c in classes) \
+                    or len(set(classes)) != len(classes) or len(classes) < 2:
                 raise DnnkitError(
                     f"data.classes={classes!r} is invalid: give at least two distinct labels from 0..9 "
                     f"({', '.join(f'{i}={n}' for i, n in enumerate(DATASETS[name].classes))})"

@@ -47,6 +47,8 @@ def make_activation(name: str, **kwargs) -> nn.Module:
         ELU(alpha=1.0)
     """
     cls = ACTIVATIONS[choose("activation", name, ACTIVATIONS)]
+    if name == "rrelu" and kwargs.get("lower", 1 / 8) > kwargs.get("upper", 1 / 3):
+        raise DnnkitError(f"rrelu needs lower <= upper (slopes are drawn from U(lower, upper)), got {kwargs!r}")
     try:
         return cls(**kwargs)
     except TypeError as err:

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from dnnkit.errors import DnnkitError, choose
+from dnnkit.errors import DnnkitError, choose, number
 
 SCALES = {"he": 2.0, "kaiming": 2.0, "xavier": 1.0, "glorot": 1.0, "lecun": 1.0}
 DEFAULT_MODES = {"he": "fan_in", "kaiming": "fan_in", "xavier": "fan_avg", "glorot": "fan_avg", "lecun": "fan_in"}
@@ -77,6 +77,7 @@ def init_weight_(
         >>> abs(w.std().item() / (2 / 784) ** 0.5 - 1) < 0.05
         True
     """
+    number("std", std, 0)
     choose("init distribution", distribution, DISTRIBUTIONS)
     if scheme == "torch":
         choose("init scheme", scheme, SCHEMES)

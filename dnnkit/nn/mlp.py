@@ -89,6 +89,8 @@ class MLP(nn.Module):
         init_std: float = 1.0,
     ) -> None:
         super().__init__()
+        if not isinstance(hidden, Sequence) or isinstance(hidden, str):
+            raise DnnkitError(f"hidden must be a list of layer sizes such as [300, 100], got {hidden!r}")
         hidden = list(hidden)
         number("n_inputs", n_inputs, 1, integer=True)
         number("n_outputs", n_outputs, 1, integer=True)

@@ -118,6 +118,9 @@ class BernoulliRBM(nn.Module):
     """
 
     def __init__(self, n_visible: int, n_hidden: int, init_std: float = 0.01) -> None:
+        number("n_visible", n_visible, 1, integer=True)
+        number("n_hidden", n_hidden, 1, integer=True)
+        number("init_std", init_std, 0)
         super().__init__()
         self.weight = nn.Parameter(torch.randn(n_hidden, n_visible) * init_std)
         self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))

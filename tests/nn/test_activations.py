@@ -38,3 +38,8 @@ def test_default_init_follows_the_activation():
     assert default_init("relu") == default_init("elu") == "he"
     assert default_init("selu") == "lecun"
     assert default_init("sigmoid") == default_init("tanh") == "xavier"
+
+
+def test_rrelu_needs_lower_at_most_upper():
+    with pytest.raises(DnnkitError, match="rrelu needs lower <= upper"):
+        make_activation("rrelu", lower=0.5, upper=0.1)

@@ -56,3 +56,11 @@ def test_conv_fans_include_the_kernel():
 def test_unknown_names_list_the_valid_ones(kwargs):
     with pytest.raises(DnnkitError, match="valid:"):
         init_weight_(torch.empty(3, 4), **kwargs)
+
+
+def test_negative_std_is_refused():
+    from dnnkit.errors import DnnkitError
+    from dnnkit.nn.init import init_weight_
+
+    with pytest.raises(DnnkitError, match="std must be a number >= 0, got -1"):
+        init_weight_(torch.empty(3, 4), "normal", std=-1)

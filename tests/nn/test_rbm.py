@@ -64,3 +64,13 @@ def test_bad_k():
     rbm = BernoulliRBM(4, 2)
     with pytest.raises(DnnkitError, match="k .* must be a positive integer, got 0"):
         cd_loss(torch.rand(2, 4), *rbm.params(), k=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((784, -5), "n_hidden must be a positive integer, got -5"),
+    ((0, 10), "n_visible must be a positive integer, got 0"),
+    ((784, 10, -0.1), "init_std must be a number >= 0, got -0.1"),
+])
+def test_bad_sizes_fail_in_the_constructor(args, message):
+    with pytest.raises(DnnkitError, match=message):
+        BernoulliRBM(*args)
