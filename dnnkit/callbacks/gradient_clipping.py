@@ -192,10 +192,12 @@ class GradientClipping(L.Callback):
         self.stats = {"steps": 0, "clipped_steps": 0, "elements": 0, "clipped_elements": 0}
         self._excluded: set[int] = set()
 
-    def parameters(self, pl_module: L.LightningModule) -> list[nn.Parameter]:
-        """The parameters this callback clips now: those with a gradient (so layers unfrozen
-        during training are included), less AGC's excluded layers."""
-        return [p for p in pl_module.parameters() if p.grad is not None and id(p) not in self._excluded]
+    def parameters(self, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+        """The parameters this callback clips now: those of the optimizer about to step that have
+        a gradient (so layers unfrozen into a new param group are included), less AGC's excluded
+        layers. Not every gradient in the module: one the step does not use must not count in
+        the global norm (as with Lightning's ``gradient_clip_val``)."""
+        return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None and id(p) not in self._excluded]
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._excluded = set()
@@ -206,7 +208,7 @@ class GradientClipping(L.Callback):
             self._excluded = {id(p) for p in chosen.values()}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        params = self.parameters(pl_module)
+        params = self.parameters(optimizer)
         norm = grad_norm(params)
         if self.mode == "value":
             clipped, total = clip_by_value_(params, self.threshold)

@@ -97,6 +97,19 @@ def test_norm_clipping_global_norm_within_threshold(tmp_path, threshold):
     assert clip.stats["steps"] == 8 and clip.stats["clipped_steps"] == 8
 
 
+def test_norm_clipping_counts_only_what_the_optimizer_steps(tmp_path):
+    # the module trains only its output; the body keeps requires_grad (so it gets gradients),
+    # which must not enter the global norm: the output's gradients end at the threshold
+    class OutputOnly(PlainNet):
+        def configure_optimizers(self):
+            self.probe = ProbeSGD(self.output.parameters(), lr=self.lr)
+            return self.probe
+
+    module, _ = fit(GradientClipping(mode="norm", threshold=0.25), tmp_path, OutputOnly())
+    norms = [torch.linalg.vector_norm(torch.stack([g.norm() for g in step])).item() for step in module.probe.seen]
+    assert norms == pytest.approx([0.25] * 8, rel=1e-5)  # were below it: scaled by a norm that counted the body too
+
+
 def test_param_norm_clipping_each_parameter(tmp_path):
     module, _ = fit(GradientClipping(mode="param_norm", threshold=0.5), tmp_path)
     for step in module.probe.seen:
