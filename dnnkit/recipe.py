@@ -133,7 +133,7 @@ def check_stages(stages: list[tuple[str, DictConfig]]) -> list[tuple[str, DictCo
     any stage trains, not when the table is printed at the end."""
     for name, stage in stages:
         seeds = stage.get("seeds")
-        if seeds is not None and (not isinstance(seeds, Sequence) or isinstance(seeds, str) or not seeds
+        if seeds is not None and (not isinstance(seeds, Sequence) or isinstance(seeds, str)
                                   or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds)):
             raise DnnkitError(f"stage {name!r}: seeds must be a list of distinct integers such as [0, 1, 2], got {seeds!r}")
         pub = stage.get("published")
