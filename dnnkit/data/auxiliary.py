@@ -24,14 +24,21 @@ from dnnkit.data.datamodule import MNISTDataModule
 from dnnkit.errors import DnnkitError, choose
 
 TASKS = {"shuffle_patches": 2, "noise": 2, "rotation": 4}
-PATCHES = (1, 2, 4, 7, 14)  # tile sides that divide 28 and leave at least 2x2 tiles
+
+
+def check_patch(patch, h: int = 28, w: int = 28) -> int:
+    """``patch`` if square tiles of that side cut ``h`` x ``w`` images into at least 2 tiles, else
+    one error that lists the sides that do."""
+    valid = tuple(p for p in range(1, min(h, w) + 1) if h % p == 0 and w % p == 0 and h * w // p**2 >= 2)
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch not in valid:
+        raise DnnkitError(f"patch={patch!r} must divide the image size {h}x{w} into at least 2 tiles: one of {valid}")
+    return patch
 
 
 def shuffle_patches(images: torch.Tensor, patch: int, generator: torch.Generator) -> torch.Tensor:
     """Each image's ``patch`` x ``patch`` tiles in a random order (never the original order)."""
     n, h, w = images.shape
-    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1 or h % patch or w % patch or h * w // patch**2 < 2:
-        raise DnnkitError(f"patch={patch!r} must divide the image size {h}x{w} into at least 2 tiles")
+    check_patch(patch, h, w)
     gh, gw = h // patch, w // patch
     tiles = images.reshape(n, gh, patch, gw, patch).permute(0, 1, 3, 2, 4).reshape(n, gh * gw, patch, patch)
     order = torch.rand(n, gh * gw, generator=generator).argsort(1)
@@ -92,8 +99,8 @@ class AuxiliaryDataModule(MNISTDataModule):
             raise DnnkitError(f"an auxiliary task makes its labels from all images; n_per_class must be null, got {kwargs['n_per_class']!r}")
         super().__init__(**kwargs)
         self.task, self.patch = choose("auxiliary task", task, TASKS), patch
-        if task == "shuffle_patches" and (isinstance(patch, bool) or patch not in PATCHES):
-            raise DnnkitError(f"patch must cut the 28x28 images into at least 2x2 tiles: one of {PATCHES}, got {patch!r}")
+        if task == "shuffle_patches":
+            check_patch(patch)  # MNIST-like images are 28x28: fail here, not at setup
         self.num_classes = TASKS[task]
         self.class_names = ["real", "corrupted"] if self.num_classes == 2 else ["0°", "90°", "180°", "270°"]
 
