@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 from dnnkit.data import MNISTDataModule
 from dnnkit.data.loader import TensorLoader
 from dnnkit.nn import MLP
-from dnnkit.recipe import fit_stage, stage_configs
+from dnnkit.runner import fit_stage
+from dnnkit.stages import stage_configs
 
 TIMES: list[dict] = []  # filled by EpochTimer at the end of each fit
 
@@ -61,7 +62,7 @@ class EpochTimer(L.Callback):
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from dnnkit.recipe import config_dir
+    from dnnkit.stages import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose("config", overrides=["+recipe=reuse", "trainer.enable_progress_bar=false", *overrides])

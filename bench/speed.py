@@ -4,7 +4,7 @@
 784-300-200-10, batch norm, SGD 0.01, batch 200, 55,000 training / 5,000 validation images):
 
 * ``dnnkit``: the fit loop exactly as ``python -m dnnkit.train`` runs it
-  (:func:`dnnkit.recipe.fit_stage` on the composed config: progress bar, EpochSummary, CSV
+  (:func:`dnnkit.runner.fit_stage` on the composed config: progress bar, EpochSummary, CSV
   logger, best/last checkpoints);
 * ``dnnkit-bare``: the same without progress bar, logger and checkpoints;
 * ``raw``: a hand-written PyTorch loop over the same in-memory tensors (the floor);
@@ -45,7 +45,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.baselines import MinimalLightning, PlainLightning, dnnkit_split_indices, raw_fit, torchvision_loaders
 from bench.timing import EpochTimer, median
-from dnnkit.recipe import config_dir, device_summary, fit_stage, stage_configs
+from dnnkit.runner import device_summary, fit_stage
+from dnnkit.stages import config_dir, stage_configs
 
 CONTENDERS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning")
 GOALS_VS_RAW = {"issue 2": 1.15, "issue 7": 1.10}
@@ -66,7 +67,7 @@ def stage_config(recipe: str, stage: str | None = None, overrides: list[str] | N
 
 
 def time_dnnkit(name: str, cfg: DictConfig, epochs: int, bare: bool = False) -> tuple[list[float], list[float], float]:
-    """Per-epoch wall and CPU seconds, and the total fit seconds, of ``dnnkit.recipe.fit_stage`` on ``cfg``."""
+    """Per-epoch wall and CPU seconds, and the total fit seconds, of ``dnnkit.runner.fit_stage`` on ``cfg``."""
     cfg = cfg.copy()
     cfg.trainer.max_epochs = epochs
     cfg.test = False

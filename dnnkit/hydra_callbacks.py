@@ -19,7 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.errors import DnnkitError
-from dnnkit.recipe import StageResult, check_writable
+from dnnkit.results import StageResult
+from dnnkit.runner import check_writable
 
 
 class CheckOutputDir(Callback):

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from dnnkit.recipe import StageResult, aggregate
+from dnnkit.results import StageResult, aggregate
 
 
 def _fmt(mean: float, std: float, n: int) -> str:

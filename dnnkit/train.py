@@ -22,7 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dnnkit.errors import find_dnnkit_error
-from dnnkit.recipe import close_process_group, config_dir, run_recipe
+from dnnkit.runner import close_process_group, run_recipe
+from dnnkit.stages import config_dir
 
 
 def quiet_third_party_noise() -> None:

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from dnnkit.data.datamodule import load_arrays
 from dnnkit.data.discovery import FILES
 from dnnkit.data.idx import write_idx
-from dnnkit.recipe import config_dir
+from dnnkit.stages import config_dir
 
 REAL_DATA = os.environ.get("DNNKIT_DATA_DIR")
 

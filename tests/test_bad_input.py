@@ -18,7 +18,7 @@ from dnnkit.data.datamodule import load_arrays
 from dnnkit.data.discovery import FILES
 from dnnkit.errors import DnnkitError
 from dnnkit.nn import MLP
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 from tests.probes import cli, cli_env
 

@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dnnkit.errors import DnnkitError
-from dnnkit.recipe import build_callbacks, build_module, config_dir, merge, stage_configs
+from dnnkit.runner import build_callbacks, build_module
+from dnnkit.stages import config_dir, merge, stage_configs
 from tests.conftest import compose_config
 
 CONF = config_dir()

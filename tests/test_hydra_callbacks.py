@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from dnnkit.hydra_callbacks import CheckOutputDir, SweepTable, sweep_results
-from dnnkit.recipe import StageResult
+from dnnkit.results import StageResult
 from tests.conftest import FAST
 from tests.probes import cli, cli_env
 

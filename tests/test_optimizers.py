@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dnnkit.recipe import config_dir
+from dnnkit.stages import config_dir
 
 
 def optimizer(name: str, params, **overrides):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dnnkit.recipe import build_module, run_recipe, stage_configs
+from dnnkit.runner import build_module, run_recipe
+from dnnkit.stages import stage_configs
 from tests.conftest import FAST, compose_config
 
 

@@ -4,7 +4,7 @@ import pytest
 from lightning.pytorch.profilers import SimpleProfiler
 
 from dnnkit.profiler import NullProfiler
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from dnnkit.data import MNISTDataModule
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import compose_config
 
 

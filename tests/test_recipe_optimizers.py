@@ -1,8 +1,8 @@
 """`+recipe=optimizers` end to end on synthetic data: every optimizer stage trains, its
 checkpoint loads with weights_only=True, and the run ends in one table and one plot."""
 
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 STAGES = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam"]
@@ -14,7 +14,7 @@ def test_optimizers_recipe_smoke(fake_data, tmp_path):
     assert [r.stage for r in results] == STAGES
     for r in results:
         assert 0.0 <= r.metrics["val/acc"] <= 1.0
-        load_state_dict(r.best_checkpoint)  # weights_only=True: no Hydra containers inside
+        read_state_dict(r.best_checkpoint)  # weights_only=True: no Hydra containers inside
     table = (tmp_path / "run" / "results.md").read_text()
     assert all(f"| {s} |" in table for s in STAGES)
     assert "val/acc 0.8708" in table and "Hands-On ML 3e" in table

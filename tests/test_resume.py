@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dnnkit.errors import DnnkitError
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import compose_config
 from tests.probes import cli, cli_env
 
@@ -69,8 +69,8 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, fake_data, tmp_path):
     for key in ("test/acc", "test/loss", "val/acc", "val/loss"):  # bit-equal, not approximately
         assert resumed["metrics"][key] == reference.metrics[key], f"{msg}: {key}"
     for name in ("last.ckpt", "best.ckpt"):
-        ref = load_state_dict(tmp_path / "ref" / "train" / "checkpoints" / name)
-        got = load_state_dict(run_dir / "train" / "checkpoints" / name)
+        ref = read_state_dict(tmp_path / "ref" / "train" / "checkpoints" / name)
+        got = read_state_dict(run_dir / "train" / "checkpoints" / name)
         assert ref.keys() == got.keys()
         for key in ref:
             assert torch.equal(ref[key], got[key]), f"{msg}: {name} {key} differs"

@@ -126,7 +126,7 @@ def test_scheduler_resumes_from_a_weights_only_checkpoint(tmp_path):
 
 
 def test_classifier_takes_a_scheduler_config(fake_data):
-    from dnnkit.recipe import build_module
+    from dnnkit.runner import build_module
     from tests.conftest import compose_config
 
     module = build_module(compose_config(["scheduler=power", "scheduler.interval=step", "scheduler.schedule.s=7"]))
@@ -153,7 +153,7 @@ def test_bad_arguments(make, message):
 
 
 def test_recipe_runner_with_a_scheduler_and_performance_scheduling(fake_data, tmp_path):
-    from dnnkit.recipe import run_recipe
+    from dnnkit.runner import run_recipe
     from tests.conftest import FAST, compose_config
 
     overrides = ["optimizer=momentum", "scheduler=exponential", "scheduler.schedule.s=1", "trainer.max_epochs=2",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dnnkit.errors import DnnkitError
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 
@@ -37,9 +37,9 @@ def test_later_stage_starts_from_earlier_weights(fake_data, tmp_path):
     cfg = compose_config(FAST + [stages])  # B does not train: its weights stay as copied
     results = run_recipe(cfg, tmp_path / "run")
     assert [(r.stage, r.seed) for r in results] == [("A", 42), ("B", 0), ("B", 1)]
-    a = load_state_dict(results[0].best_checkpoint)
+    a = read_state_dict(results[0].best_checkpoint)
     for b_run in results[1:]:
-        b = load_state_dict(b_run.best_checkpoint)
+        b = read_state_dict(b_run.best_checkpoint)
         assert torch.equal(a["model.hidden1.linear.weight"], b["model.hidden1.linear.weight"])
         assert b["model.output.weight"].shape[0] == 2
     table = (tmp_path / "run" / "results.md").read_text()
@@ -88,7 +88,7 @@ def test_reuse_with_drop_and_add_is_one_stage(fake_data, tmp_path):
         "trainer: {limit_train_batches: 0}}}"
     )
     results = run_recipe(compose_config(FAST + [stages]), tmp_path / "run")
-    a, b = (load_state_dict(r.best_checkpoint) for r in results)
+    a, b = (read_state_dict(r.best_checkpoint) for r in results)
     assert b["model.hidden4.linear.weight"].shape == (20, 30) and b["model.output.weight"].shape == (10, 20)
     assert "model.hidden5.linear.weight" not in b
     for k in ("model.hidden1.linear.weight", "model.hidden3.linear.bias"):

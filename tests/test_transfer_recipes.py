@@ -3,8 +3,8 @@
 import torch
 
 from dnnkit.nn import load_inference_model
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 
@@ -26,7 +26,7 @@ def test_reuse_recipe_runs_with_a_cached_frozen_stage(fake_data, tmp_path, capsy
     results = run_recipe(compose_config(["+recipe=reuse", *FAST]), tmp_path / "run")
     assert [r.stage for r in results] == ["clipping", "reuse", "frozen_cached"]
     assert "caching the outputs of model.hidden1, model.hidden2" in capsys.readouterr().out
-    src, frozen = load_state_dict(results[0].best_checkpoint), load_state_dict(results[2].best_checkpoint)
+    src, frozen = read_state_dict(results[0].best_checkpoint), read_state_dict(results[2].best_checkpoint)
     assert frozen["model.hidden4.linear.weight"].shape == (20, 50)
     for k in ("model.hidden1.linear.weight", "model.hidden2.linear.bias"):
         assert torch.equal(src[k], frozen[k])  # frozen: still the clipping stage's weights

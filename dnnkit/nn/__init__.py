@@ -10,7 +10,7 @@ from dnnkit.nn.init import init_module_, init_weight_, target_std
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.rbm import BernoulliRBM
 from dnnkit.nn.select import match_name, select_layers, select_parameters
-from dnnkit.nn.surgery import load_state_dict, replace_layer, restack, reuse_layers
+from dnnkit.nn.surgery import read_state_dict, replace_layer, restack, reuse_layers
 from dnnkit.nn.zoo import ZooNet
 
 __all__ = [
@@ -27,9 +27,9 @@ __all__ = [
     "init_module_",
     "init_weight_",
     "load_inference_model",
-    "load_state_dict",
     "make_activation",
     "match_name",
+    "read_state_dict",
     "replace_layer",
     "restack",
     "reuse_layers",
@@ -39,3 +39,12 @@ __all__ = [
     "target_std",
     "unfreeze",
 ]
+
+
+def __getattr__(name: str):
+    if name == "load_state_dict":  # the 0.1 name, which read like nn.Module.load_state_dict
+        import warnings
+
+        warnings.warn("dnnkit.nn.load_state_dict is now dnnkit.nn.read_state_dict", DeprecationWarning, stacklevel=2)
+        return read_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

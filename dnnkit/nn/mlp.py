@@ -117,6 +117,18 @@ class MLP(nn.Module):
             self.output.add_module("bn", nn.BatchNorm1d(n_outputs, momentum=bn_momentum))
         init_module_(self, init or default_init(activation), init_distribution, init_mode, init_std)
 
+    def export_config(self, config: dict) -> dict:
+        """``config`` (this MLP's constructor arguments) updated to build the network's current
+        shape, which :func:`dnnkit.nn.surgery.restack` may have changed since construction.
+
+        Example::
+
+            >>> MLP(784, [300, 100], 10).export_config({"hidden": [300, 100], "n_outputs": 10})
+            {'hidden': [300, 100], 'n_outputs': 10, 'output_batch_norm': False}
+        """
+        output_bn = isinstance(self.output, nn.Sequential) and hasattr(self.output, "bn")
+        return {**config, "hidden": list(self.hidden_sizes), "n_outputs": self.n_outputs, "output_batch_norm": output_bn}
+
     def hidden_layers(self) -> list[nn.Module]:
         return [m for n, m in self.named_children() if n.startswith("hidden")]
 

@@ -29,7 +29,7 @@ from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import layer_names, select_layers
 
 
-def load_state_dict(source: str | Path | dict | nn.Module) -> dict[str, torch.Tensor]:
+def read_state_dict(source: str | Path | dict | nn.Module) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` from a checkpoint/state_dict file, a dict or a module.
 
     Files are read with ``torch.load(weights_only=True)``: a file that would run code when
@@ -102,7 +102,7 @@ def reuse_layers(model: nn.Module, source: str | Path | dict | nn.Module, layers
         >>> torch.equal(a.hidden1.linear.weight, b.hidden1.linear.weight)
         True
     """
-    state = load_state_dict(source)
+    state = read_state_dict(source)
     report: dict[str, list[str]] = {}
     for name, layer in select_layers(model, layers).items():
         prefix = _source_prefix(name, state)

@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 
 from dnnkit.errors import DnnkitError, choose, number
-from dnnkit.nn.surgery import load_state_dict, replace_layer
+from dnnkit.nn.surgery import read_state_dict, replace_layer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _weights_enum(name: str, weights: str):
 
 def _load_file(backbone: nn.Module, path: Path, head: str) -> None:
     """Load a torchvision-layout state_dict (or a ZooNet / Lightning checkpoint holding one)."""
-    state = load_state_dict(path)
+    state = read_state_dict(path)
     prefix = next((k[: k.index("backbone.") + 9] for k in state if "backbone." in k), "")
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = backbone.state_dict()

@@ -16,7 +16,7 @@ from dnnkit.callbacks.gradient_health import activation_stats, diagnose, find_ac
 from dnnkit.errors import DnnkitError
 from dnnkit.modules import Classifier
 from dnnkit.nn import MLP
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import compose_config
 
 

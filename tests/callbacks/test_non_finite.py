@@ -11,8 +11,8 @@ from torch import nn
 from dnnkit.callbacks import LastCheckpoint, NonFiniteGuard
 from dnnkit.callbacks.non_finite import first_non_finite
 from dnnkit.errors import DnnkitError
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 
@@ -132,7 +132,7 @@ def test_divergent_learning_rate_stops_the_recipe(fake_data, tmp_path):
     step = int(re.search(r"diverged at step (\d+)", str(err.value)).group(1))
     last = torch.load(stage / "checkpoints" / "last.ckpt", weights_only=True)  # the last good step
     assert last["global_step"] == step
-    assert all(torch.isfinite(t).all() for t in load_state_dict(stage / "checkpoints" / "last.ckpt").values())
+    assert all(torch.isfinite(t).all() for t in read_state_dict(stage / "checkpoints" / "last.ckpt").values())
 
 
 @pytest.mark.parametrize("check_weights", [False, True])

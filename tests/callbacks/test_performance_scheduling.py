@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dnnkit.callbacks import PerformanceScheduling
 from dnnkit.callbacks.performance_scheduling import Plateau
 from dnnkit.errors import DnnkitError
-from dnnkit.recipe import close_process_group
+from dnnkit.runner import close_process_group
 
 # the monitored value after each epoch's validation; best 0.7 at epoch 2, then flat until 0.6
 SCRIPT = [1.0, 0.8, 0.7, 0.7, 0.75, 0.71, 0.6, 0.65, 0.65, 0.65, 0.6, 0.6]

@@ -7,8 +7,8 @@ from dnnkit.data.feature_cache import FeatureLoader, compute_features
 from dnnkit.data.loader import TensorLoader
 from dnnkit.nn import MLP
 from dnnkit.nn.freeze import NotABottom, freeze, frozen_bottom, skip
-from dnnkit.nn.surgery import load_state_dict
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 
@@ -45,7 +45,7 @@ def test_cached_run_equals_uncached_run(fake_data, tmp_path, freezing, capsys):
 
     cached, plain = run("true", "cached"), run("false", "plain")
     assert "caching the outputs of model.hidden1, model.hidden2" in capsys.readouterr().out
-    a, b = load_state_dict(cached.best_checkpoint), load_state_dict(plain.best_checkpoint)
+    a, b = read_state_dict(cached.best_checkpoint), read_state_dict(plain.best_checkpoint)
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)

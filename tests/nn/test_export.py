@@ -13,7 +13,7 @@ import torch
 from dnnkit.errors import DnnkitError
 from dnnkit.nn import MLP, load_inference_model, save_inference_model
 from dnnkit.nn.export import build_model
-from dnnkit.recipe import run_recipe
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 from tests.nn.test_fold import randomize_bn_
 

@@ -6,8 +6,8 @@ import torch
 
 from dnnkit.errors import DnnkitError
 from dnnkit.nn import MLP
-from dnnkit.nn.surgery import load_state_dict, reuse_layers
-from dnnkit.recipe import run_recipe
+from dnnkit.nn.surgery import read_state_dict, reuse_layers
+from dnnkit.runner import run_recipe
 from tests.conftest import FAST, compose_config
 
 
@@ -40,7 +40,7 @@ def test_the_payload_is_real(evil):
 def test_load_state_dict_runs_nothing(evil):
     path, marker = evil
     with pytest.raises(DnnkitError, match=r"refusing to load '.*evil.ckpt': besides tensors it holds 'exec', which would run when unpickled"):
-        load_state_dict(path)
+        read_state_dict(path)
     with pytest.raises(DnnkitError, match="executes nothing"):
         reuse_layers(MLP(784, [300, 100], 10), path, "hidden1")
     assert not marker.exists()

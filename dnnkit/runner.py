@@ -1,40 +1,21 @@
-"""Recipes: one or more fits ("stages") in one command, a later stage taking weights from an
-earlier one, ending in one results table.
+"""The runner: fit, test and export each stage of a recipe (each for each of its seeds), then
+report. What the stages are and how they merge is :mod:`dnnkit.stages`; what a stage produced
+is :mod:`dnnkit.results`; the tables are :mod:`dnnkit.report`.
 
-A config without ``stages`` is one stage named after ``name``. A recipe with ``stages`` lists
-for each stage only what differs from the composed base config::
-
-    stages:
-      A:                                 # pretrain on 8 classes
-        data: {classes: [0, 1, 2, 3, 4, 7, 8, 9]}
-      B_on_A:                            # 2 classes, 200 images, hidden layers from A
-        data: {classes: [5, 6], n_per_class: 100}
-        reuse: {from: A, layers: "hidden.*"}
-        seeds: [0, 1, 2]                 # repeated; the table shows mean and spread
-        published: {metric: test/acc, value: 0.9940, source: "Hands-On ML 2e, ch. 11"}
-
-Merging rules: dicts merge key by key, except that a dict with a different ``_target_``
-replaces the base's whole (switching ``optimizer`` from SGD to Adam drops SGD's ``momentum``),
-and a string under a config-group key names that group's option (``optimizer: adam`` loads
-``conf/optimizer/adam.yaml``). Setting a stage (or a callback) to ``null`` removes it.
-
-``reuse`` may also reshape the model before copying (:func:`dnnkit.nn.surgery.restack`):
-``reuse: {from: A, drop: "hidden[45]|output", add: [20]}`` builds the stage's model (by default
-the same shape as A's), drops its top two hidden layers and output, adds a new 20-unit
-``hidden4`` and a new output, then copies every layer it kept (hidden1-3) from A.
+The runner names no callback class: a callback that can train on something cheaper than the
+datamodule it is given (``LayerFreezing`` caching a frozen bottom) offers it through
+:class:`OffersDataModule`, and a model that can be rebuilt in a shape other than its config's
+(an MLP reshaped by ``reuse: {drop, add}``) says how through ``export_config``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import statistics
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -45,30 +26,21 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
-from dnnkit.callbacks.layer_freezing import LayerFreezing
-from dnnkit.errors import DnnkitError, choose, find_dnnkit_error, number
-from dnnkit.nn.surgery import load_state_dict, restack, reusable_layers, reuse_layers
+from dnnkit.errors import DnnkitError, find_dnnkit_error
+from dnnkit.nn.surgery import read_state_dict, restack, reusable_layers, reuse_layers
 from dnnkit.profiler import NullProfiler
+from dnnkit.report import print_table, save_curves, save_table
+from dnnkit.results import StageResult
+from dnnkit.stages import check_config, stage_configs
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR_SOURCE = Path(__file__).resolve().parent.parent / "conf"
-CONFIG_DIR_INSTALLED = Path(__file__).resolve().parent / "conf"
-GROUPS = ("data", "model", "module", "optimizer", "scheduler", "trainer", "logger")
-STAGE_KEYS = ("reuse", "seeds", "published", "fit")  # stage-only keys, not part of the base config
 
+@runtime_checkable
+class OffersDataModule(Protocol):
+    """A callback that may offer a cheaper datamodule to fit on (e.g. cached frozen features)."""
 
-def config_dir() -> Path:
-    """``conf/`` of a source checkout, else the copy the wheel installs as ``dnnkit/conf``."""
-    return CONFIG_DIR_SOURCE if (CONFIG_DIR_SOURCE / "config.yaml").is_file() else CONFIG_DIR_INSTALLED
-
-
-def _n_classes(classes) -> int:
-    return len(classes) if classes else 10
-
-
-if not OmegaConf.has_resolver("dnnkit.n_classes"):
-    OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+    def cached_datamodule(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> L.LightningDataModule: ...
 
 
 def instantiate(config, *args, **kwargs):
@@ -81,102 +53,6 @@ def instantiate(config, *args, **kwargs):
         if ours is None:
             raise
         raise ours from None
-
-
-# ----------------------------------------------------------------------------- stage configs
-
-
-def group_option(group: str, option: str) -> dict:
-    """The content of ``conf/<group>/<option>.yaml`` as a plain dict."""
-    folder = config_dir() / group
-    options = sorted(p.stem for p in folder.glob("*.yaml"))
-    choose(f"{group} option", option, options)
-    return OmegaConf.to_container(OmegaConf.load(folder / f"{option}.yaml"), resolve=False) or {}
-
-
-def merge(base, over, key: str | None = None):
-    """Merge ``over`` into ``base`` by the rules in the module docstring (plain containers)."""
-    if isinstance(over, str) and key in GROUPS:
-        return group_option(key, over)
-    if isinstance(over, dict) and isinstance(base, dict) and over.get("_target_", base.get("_target_")) == base.get("_target_"):
-        merged = dict(base)
-        for k, v in over.items():
-            merged[k] = merge(base.get(k), v, k if key is None else None)
-        return merged
-    return over
-
-
-def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
-    """``(stage name, full config)`` for each stage, in order."""
-    base = OmegaConf.to_container(cfg, resolve=False)
-    stages = base.pop("stages", None)
-    if not stages:
-        return check_stages([(cfg.get("name") or "train", cfg)])
-    if not isinstance(stages, dict):
-        raise DnnkitError(f"stages must be a mapping of stage name -> overrides, got {stages!r}")
-    out = []
-    for name, over in stages.items():
-        if over is None:
-            continue
-        unknown = sorted(set(over) - set(base) - set(STAGE_KEYS))
-        if unknown:
-            raise DnnkitError(f"stage {name!r} sets unknown keys {unknown}; valid: {sorted(set(base) | set(STAGE_KEYS))}")
-        merged = merge(base, over)
-        out.append((name, OmegaConf.create(merged)))
-    if not out:
-        raise DnnkitError(f"every stage of {sorted(stages)} is switched off (null): nothing to run")
-    return check_stages(out)
-
-
-def check_stages(stages: list[tuple[str, DictConfig]]) -> list[tuple[str, DictConfig]]:
-    """``stages``, once their ``seeds`` and ``published`` are known to be usable: checked before
-    any stage trains, not when the table is printed at the end."""
-    for name, stage in stages:
-        seeds = stage.get("seeds")
-        if seeds is not None and (not isinstance(seeds, Sequence) or isinstance(seeds, str)
-                                  or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds)):
-            raise DnnkitError(f"stage {name!r}: seeds must be a list of distinct integers such as [0, 1, 2], got {seeds!r}")
-        pub = stage.get("published")
-        if pub is not None and not (isinstance(pub, Mapping) and isinstance(pub.get("metric"), str)
-                                    and isinstance(pub.get("value"), (int, float)) and not isinstance(pub.get("value"), bool)):
-            raise DnnkitError(
-                f"stage {name!r}: published must be {{metric: <key such as test/acc>, value: <number>, source: <text>}}, got {pub!r}"
-            )
-    return stages
-
-
-# ----------------------------------------------------------------------------- running
-
-
-@dataclass
-class StageResult:
-    """What one fit of one stage with one seed produced."""
-
-    stage: str
-    seed: int
-    dir: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_checkpoint: str | None = None
-    fit_seconds: float = 0.0
-    epochs: int = 0
-
-    def to_json(self) -> dict:
-        return {**self.__dict__, "dir": str(self.dir)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "StageResult":
-        return cls(**{**data, "dir": Path(data["dir"])})
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any training on values that would only fail (or silently misbehave) later."""
-    lr = OmegaConf.select(cfg, "optimizer.lr")
-    if lr is not None:
-        number("optimizer.lr", lr, 0, low_open=True)
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    if epochs is not None and (not isinstance(epochs, int) or epochs < -1 or epochs == 0):
-        raise DnnkitError(f"trainer.max_epochs must be a positive integer (or -1), got {epochs!r}")
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -209,7 +85,7 @@ def resume_checkpoint(stage_dir: Path, resume: bool) -> str | None:
             f"{stage_dir} holds an interrupted run ({last}); pass resume=true to continue it, "
             "or choose another folder with hydra.run.dir=..."
         )
-    load_state_dict(last)  # a DnnkitError naming the file if it is cut short or not a checkpoint
+    read_state_dict(last)  # a DnnkitError naming the file if it is cut short or not a checkpoint
     return str(last)
 
 
@@ -222,22 +98,17 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     module = build_module(cfg)
     if cfg.get("reuse"):
         source = cfg.reuse.get("from")
-        if source in done:
+        if source in done:  # else a checkpoint or state_dict file (checked by dnnkit.stages; weights_only=True)
             runs = done[source]
             ckpt = next((r for r in runs if r.seed == seed), runs[0]).best_checkpoint
-        elif isinstance(source, str) and source.endswith((".ckpt", ".pt", ".pth")):
-            ckpt = source  # a checkpoint or state_dict file (loaded with weights_only=True)
         else:
-            raise DnnkitError(
-                f"stage {name!r} reuses from {source!r}, which is neither an earlier stage ({sorted(done)}) "
-                "nor a checkpoint file (.ckpt, .pt, .pth)"
-            )
+            ckpt = source
         layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
         report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
     callbacks = build_callbacks(cfg)
     for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
-        if isinstance(callback, LayerFreezing):
+        if isinstance(callback, OffersDataModule):
             datamodule = callback.cached_datamodule(module, datamodule)
     summary = next((c for c in callbacks if isinstance(c, EpochSummary)), None)
     if summary is None:
@@ -274,14 +145,12 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
 
     try:  # an export that fails must not lose the fit: warn and go on
         model = copy.deepcopy(model).cpu()
-        state = load_state_dict(best)
+        state = read_state_dict(best)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
         x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
         config = OmegaConf.to_container(cfg.model, resolve=True)
-        if getattr(model, "new_layers", None):  # reshaped by `reuse: {drop, add, n_outputs}`: rebuild that shape
-            config.update(hidden=list(model.hidden_sizes), n_outputs=model.n_outputs)
-            if "output" in model.new_layers:
-                config["output_batch_norm"] = False
+        if hasattr(model, "export_config"):  # e.g. reshaped by `reuse: {drop, add, n_outputs}`: rebuild that shape
+            config = model.export_config(config)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
         meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
         save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
@@ -321,8 +190,6 @@ def close_process_group() -> None:
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     """Run every stage of ``cfg`` (each for each of its seeds) under ``run_dir``; print and
     save the results table (``results.md``, ``results.json``) and the curves (``curves.png``)."""
-    from dnnkit.report import print_table, save_curves, save_table
-
     run_dir = Path(run_dir)
     check_writable(run_dir)
     stages = stage_configs(cfg)
@@ -358,14 +225,6 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     save_table(results, metrics, published, run_dir, title)
     save_curves(results, run_dir / "curves.png", metric=metrics[0])
     return results
-
-
-def aggregate(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value), ignoring NaN."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def device_summary() -> str:

@@ -1,0 +1,155 @@
+"""Stages: one or more fits in one command, a later stage taking weights from an earlier one.
+
+A config without ``stages`` is one stage named after ``name``. A recipe with ``stages`` lists
+for each stage only what differs from the composed base config::
+
+    stages:
+      A:                                 # pretrain on 8 classes
+        data: {classes: [0, 1, 2, 3, 4, 7, 8, 9]}
+      B_on_A:                            # 2 classes, 200 images, hidden layers from A
+        data: {classes: [5, 6], n_per_class: 100}
+        reuse: {from: A, layers: "hidden.*"}
+        seeds: [0, 1, 2]                 # repeated; the table shows mean and spread
+        published: {metric: test/acc, value: 0.9940, source: "Hands-On ML 2e, ch. 11"}
+
+Merging rules: dicts merge key by key, except that a dict with a different ``_target_``
+replaces the base's whole (switching ``optimizer`` from SGD to Adam drops SGD's ``momentum``);
+a string under a config-group key names that group's option (``optimizer: adam`` loads
+``conf/optimizer/adam.yaml``); a callback the base does not have, given without ``_target_``
+(``callbacks: {layer_freezing: {trainable: output}}``), is that option of ``conf/callbacks/``
+with these values. Setting a stage (or a callback) to ``null`` removes it.
+
+``reuse`` may also reshape the model before copying (:func:`dnnkit.nn.surgery.restack`):
+``reuse: {from: A, drop: "hidden[45]|output", add: [20]}`` builds the stage's model (by default
+the same shape as A's), drops its top two hidden layers and output, adds a new 20-unit
+``hidden4`` and a new output, then copies every layer it kept (hidden1-3) from A.
+
+Everything here is checked before the first stage trains: :func:`stage_configs` fails on an
+unknown key, bad ``seeds`` or ``published``, or a ``reuse.from`` that names no earlier stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dnnkit.errors import DnnkitError, choose, number
+
+CONFIG_DIR_SOURCE = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR_INSTALLED = Path(__file__).resolve().parent / "conf"
+GROUPS = ("data", "model", "module", "optimizer", "scheduler", "trainer", "logger")
+STAGE_KEYS = ("reuse", "seeds", "published", "fit")  # stage-only keys, not part of the base config
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")  # `reuse.from` may name such a file instead of a stage
+
+
+def config_dir() -> Path:
+    """``conf/`` of a source checkout, else the copy the wheel installs as ``dnnkit/conf``."""
+    return CONFIG_DIR_SOURCE if (CONFIG_DIR_SOURCE / "config.yaml").is_file() else CONFIG_DIR_INSTALLED
+
+
+def _n_classes(classes) -> int:
+    return len(classes) if classes else 10
+
+
+if not OmegaConf.has_resolver("dnnkit.n_classes"):
+    OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+
+
+def group_option(group: str, option: str) -> dict:
+    """The content of ``conf/<group>/<option>.yaml`` as a plain dict."""
+    folder = config_dir() / group
+    options = sorted(p.stem for p in folder.glob("*.yaml"))
+    choose(f"{group} option", option, options)
+    return OmegaConf.to_container(OmegaConf.load(folder / f"{option}.yaml"), resolve=False) or {}
+
+
+def callback_option(name: str) -> dict | None:
+    """The entry ``name`` of ``conf/callbacks/<name>.yaml``, or None when there is no such option."""
+    if not (config_dir() / "callbacks" / f"{name}.yaml").is_file():
+        return None
+    return group_option("callbacks", name).get(name)
+
+
+def merge(base, over, key: str | None = None, parent: str | None = None):
+    """Merge ``over`` into ``base`` by the rules in the module docstring (plain containers)."""
+    if isinstance(over, str) and key in GROUPS and parent is None:
+        return group_option(key, over)
+    if isinstance(over, dict) and base is None and parent == "callbacks" and "_target_" not in over:
+        base = callback_option(key)
+    if isinstance(over, dict) and isinstance(base, dict) and over.get("_target_", base.get("_target_")) == base.get("_target_"):
+        merged = dict(base)
+        for k, v in over.items():
+            merged[k] = merge(base.get(k), v, k, key)
+        return merged
+    return over
+
+
+def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """``(stage name, full config)`` for each stage, in order, checked (see module docstring)."""
+    base = OmegaConf.to_container(cfg, resolve=False)
+    stages = base.pop("stages", None)
+    if not stages:
+        return check_stages([(cfg.get("name") or "train", cfg)])
+    if not isinstance(stages, dict):
+        raise DnnkitError(f"stages must be a mapping of stage name -> overrides, got {stages!r}")
+    out = []
+    for name, over in stages.items():
+        if over is None:
+            continue
+        unknown = sorted(set(over) - set(base) - set(STAGE_KEYS))
+        if unknown:
+            raise DnnkitError(f"stage {name!r} sets unknown keys {unknown}; valid: {sorted(set(base) | set(STAGE_KEYS))}")
+        merged = merge(base, over)
+        out.append((name, OmegaConf.create(merged)))
+    if not out:
+        raise DnnkitError(f"every stage of {sorted(stages)} is switched off (null): nothing to run")
+    return check_stages(out)
+
+
+def check_stages(stages: list[tuple[str, DictConfig]]) -> list[tuple[str, DictConfig]]:
+    """``stages``, once their ``seeds``, ``published`` and ``reuse.from`` are known to be usable:
+    checked before any stage trains, not when a later stage starts or the table is printed."""
+    earlier: list[str] = []
+    for name, stage in stages:
+        seeds = stage.get("seeds")
+        if seeds is not None and (not isinstance(seeds, Sequence) or isinstance(seeds, str)
+                                  or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) != len(seeds)):
+            raise DnnkitError(f"stage {name!r}: seeds must be a list of distinct integers such as [0, 1, 2], got {seeds!r}")
+        pub = stage.get("published")
+        if pub is not None and not (isinstance(pub, Mapping) and isinstance(pub.get("metric"), str)
+                                    and isinstance(pub.get("value"), (int, float)) and not isinstance(pub.get("value"), bool)):
+            raise DnnkitError(
+                f"stage {name!r}: published must be {{metric: <key such as test/acc>, value: <number>, source: <text>}}, got {pub!r}"
+            )
+        check_reuse_source(name, stage.get("reuse"), earlier)
+        earlier.append(name)
+    return stages
+
+
+def check_reuse_source(name: str, reuse, earlier: list[str]) -> None:
+    """``reuse.from`` must name an earlier stage or a checkpoint file (.ckpt, .pt, .pth)."""
+    if not reuse:
+        return
+    source = reuse.get("from") if isinstance(reuse, Mapping) else None
+    if source in earlier:
+        return
+    if isinstance(source, str) and source.endswith(CHECKPOINT_SUFFIXES):
+        if not Path(source).is_file():
+            raise DnnkitError(f"stage {name!r}: checkpoint {source!r} does not exist (reuse.from names no earlier stage)")
+        return
+    raise DnnkitError(
+        f"stage {name!r} reuses from {source!r}, which is neither an earlier stage ({sorted(earlier)}) "
+        "nor a checkpoint file (.ckpt, .pt, .pth)"
+    )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any training on values that would only fail (or silently misbehave) later."""
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if lr is not None:
+        number("optimizer.lr", lr, 0, low_open=True)
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < -1 or epochs == 0):
+        raise DnnkitError(f"trainer.max_epochs must be a positive integer (or -1), got {epochs!r}")
