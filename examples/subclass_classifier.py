@@ -1,6 +1,6 @@
 """Use 2: subclass a dnnkit module in your own project.
 
-Run: ``python recipes/subclass_classifier.py [--epochs 2] [--limit-batches N]``
+Run: ``python examples/subclass_classifier.py [--epochs 2] [--limit-batches N]``
 (needs MNIST via ``$DNNKIT_DATA_DIR``).
 """
 
@@ -11,6 +11,7 @@ import functools
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 import dnnkit
 from dnnkit.callbacks import EpochSummary
@@ -25,6 +26,7 @@ class L2Classifier(dnnkit.Classifier):
         super().__init__(*args, **kwargs)
         self.l2 = l2
 
+    @override
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return super().loss(logits, y) + self.l2 * self.model.output.weight.square().sum()
 
@@ -56,4 +58,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(main())
+    print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in main().items()))
