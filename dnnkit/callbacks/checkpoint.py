@@ -2,8 +2,54 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
+
+from dnnkit.paths import is_inside
+
+log = logging.getLogger(__name__)
+PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def confine_state(state: dict, dirpath: str | None) -> dict:
+    """A ``ModelCheckpoint`` state with every path that does not lie in ``dirpath`` dropped.
+
+    Lightning deletes the files a restored state names once they are superseded; a crafted
+    checkpoint naming ``<dirpath>/../../victim`` would have it delete that file.
+
+    Example::
+
+        >>> state = {"best_model_path": "/r/checkpoints/../../victim", "last_model_path": "/r/checkpoints/last.ckpt",
+        ...          "best_k_models": {"/etc/passwd": 0.5}}
+        >>> confine_state(state, "/r/checkpoints")
+        the checkpoint names files outside /r/checkpoints, ignored (never written or deleted): /r/checkpoints/../../victim, /etc/passwd
+        {'best_model_path': '', 'last_model_path': '/r/checkpoints/last.ckpt', 'best_k_models': {}}
+    """
+    state = dict(state)
+    outside = []
+    for key in PATH_KEYS:
+        path = state.get(key)
+        if path and (dirpath is None or not is_inside(path, dirpath)):
+            outside.append(path)
+            state[key] = ""
+    if isinstance(state.get("best_k_models"), dict):
+        kept = {p: v for p, v in state["best_k_models"].items() if dirpath is not None and is_inside(p, dirpath)}
+        outside += [p for p in state["best_k_models"] if p not in kept]
+        state["best_k_models"] = kept
+    if outside:
+        log.warning("the checkpoint names files outside %s, ignored (never written or deleted): %s", dirpath, ", ".join(map(str, outside)))
+    return state
+
+
+class ConfinedState:
+    """For ``ModelCheckpoint`` subclasses: a restored state names no file outside ``dirpath``."""
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(confine_state(state_dict, self.dirpath))
 
 
 class CachedStateKey:
@@ -19,7 +65,7 @@ class CachedStateKey:
         return key
 
 
-class BestCheckpoint(CachedStateKey, ModelCheckpoint):
+class BestCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
     """``ModelCheckpoint`` (same arguments, same files, same checkpoint state), minus the per-step
     work it does when it saves only after validation (no ``every_n_train_steps``, no
     ``train_time_interval``): Lightning's ``on_train_batch_end`` still checks the trainer's state
@@ -30,6 +76,7 @@ class BestCheckpoint(CachedStateKey, ModelCheckpoint):
         trainer = Trainer(callbacks=[BestCheckpoint(monitor="val/acc", mode="max", filename="best")])
     """
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if self._every_n_train_steps or self._train_time_interval is not None:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

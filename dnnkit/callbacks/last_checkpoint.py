@@ -20,11 +20,11 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dnnkit.callbacks.checkpoint import CachedStateKey
+from dnnkit.callbacks.checkpoint import CachedStateKey, ConfinedState
 from dnnkit.errors import number
 
 
-class LastCheckpoint(CachedStateKey, ModelCheckpoint):
+class LastCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
     """Write ``<dirpath>/last.ckpt`` mid-epoch when ``every_n_seconds`` have passed since the last
     write or every ``every_n_train_steps`` steps, and at each epoch end.
 
