@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import pickle
@@ -40,28 +39,89 @@ def _json_able(what: str, value) -> None:
         raise DnnkitError(f"{what} must be JSON-able (numbers, strings, lists, dicts), got {value!r}: {err}") from None
 
 
-def _model_class(target) -> type[nn.Module]:
-    if not isinstance(target, str) or "." not in target:
-        raise DnnkitError(f"config['_target_'] must be a dotted class path such as 'dnnkit.nn.MLP', got {target!r}")
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise DnnkitError(f"cannot import the model class {target!r}: {err}") from None
+_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_model(cls: type[nn.Module], *names: str) -> type[nn.Module]:
+    """Allow ``cls`` in model files under its dotted path (and ``names``). Only registered
+    classes are ever built from a file: a ``_target_`` is looked up here, never imported.
+
+    Example::
+
+        >>> class Tiny(nn.Linear): ...
+        >>> register_model(Tiny, "my_project.Tiny") is Tiny
+        True
+        >>> _model_class("my_project.Tiny") is Tiny
+        True
+    """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise DnnkitError(f"config['_target_'] must name an nn.Module class, got {target!r}")
+        raise DnnkitError(f"register_model takes an nn.Module class, got {cls!r}")
+    for name in (f"{cls.__module__}.{cls.__qualname__}", *names):
+        _REGISTRY[name] = cls
     return cls
 
 
-def build_model(config: dict) -> nn.Module:
-    """``cls(**kwargs)`` from a ``{"_target_": "pkg.Class", **kwargs}`` dict (no nested targets)."""
+def _dnnkit_models() -> None:
+    from dnnkit.nn.mlp import MLP
+    from dnnkit.nn.zoo import ZooNet
+
+    register_model(MLP, "dnnkit.nn.MLP")
+    register_model(ZooNet, "dnnkit.nn.ZooNet")
+
+
+def _model_class(target) -> type[nn.Module]:
+    if "dnnkit.nn.MLP" not in _REGISTRY:
+        _dnnkit_models()
+    if not isinstance(target, str) or target not in _REGISTRY:
+        raise DnnkitError(
+            f"config['_target_'] must name an nn.Module class, got {target!r}: only registered model classes are built "
+            f"from files, nothing is imported by name (known: {', '.join(sorted(_REGISTRY))}; "
+            "dnnkit.nn.export.register_model adds your own)"
+        )
+    return _REGISTRY[target]
+
+
+def build_model(config: dict, device: str | torch.device | None = None) -> nn.Module:
+    """``cls(**kwargs)`` from a ``{"_target_": "pkg.Class", **kwargs}`` dict (no nested targets),
+    ``cls`` a registered model class (:func:`register_model`); on ``device`` (``"meta"``: shapes
+    only, no memory)."""
     if not isinstance(config, dict) or "_target_" not in config:
         raise DnnkitError(f"a model config is a dict with a '_target_' class path, got {config!r}")
     kwargs = {k: v for k, v in config.items() if k != "_target_"}
     nested = [k for k, v in kwargs.items() if isinstance(v, dict) and "_target_" in v]
     if nested:
         raise DnnkitError(f"model config arguments {nested} hold nested '_target_' objects; only plain values are supported")
-    return _model_class(config["_target_"])(**kwargs)
+    cls = _model_class(config["_target_"])
+    if hasattr(cls, "standalone_config"):  # weights come from the file: never download or read others
+        kwargs = cls.standalone_config(kwargs)
+    try:
+        with torch.device(device) if device is not None else _nothing():
+            return cls(**kwargs)
+    except DnnkitError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise DnnkitError(f"cannot build {config['_target_']} from the saved config: {err}") from None
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _check_shapes(model: nn.Module, state: dict, path: Path) -> None:
+    """The saved tensors match the config's model, checked on the meta device before anything
+    is allocated (a config can ask for far more memory than its file holds)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if expected.keys() != saved.keys():
+        missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+        raise DnnkitError(f"{str(path)!r}: the weights do not fit the saved config (missing {missing[:5]}, unexpected {extra[:5]})")
+    wrong = [f"{k}: {saved[k]} saved, {expected[k]} in the config's model" for k in expected if expected[k] != saved[k]]
+    if wrong:
+        raise DnnkitError(f"{str(path)!r}: the weights do not fit the saved config ({'; '.join(wrong[:3])})")
 
 
 @torch.no_grad()
@@ -103,7 +163,9 @@ def save_inference_model(
     written["model.pt"] = folder / "model.pt"
     if example_input is not None:
         x = example_input.detach().cpu()
-        x = x[:2] if len(x) >= 2 else torch.cat([x, x])  # a batch of 2 keeps the batch dimension symbolic
+        # a batch of 2 keeps the batch dimension symbolic; cloned, because the program stores its
+        # example input with the whole storage of a view (1,000 test images of a sliced batch)
+        x = (x[:2] if len(x) >= 2 else torch.cat([x, x])).clone()
         program = torch.export.export(folded, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, folder / "model.pt2")
         written["model.pt2"] = folder / "model.pt2"
@@ -117,13 +179,16 @@ def load_inference_model(path: str | Path) -> nn.Module:
     if not path.is_file():
         raise DnnkitError(f"inference model {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DnnkitError(f"cannot load {str(path)!r} with weights_only=True: {first}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise DnnkitError(f"{str(path)!r} is not a dnnkit inference model (format {found!r}, expected {FORMAT!r})")
+    if not isinstance(data.get("state_dict"), dict):
+        raise DnnkitError(f"{str(path)!r} holds no state_dict")
+    _check_shapes(fold_batchnorm(build_model(data["config"], device="meta"), inplace=True, warn=False), data["state_dict"], path)
     model = fold_batchnorm(build_model(data["config"]), inplace=True, warn=False)
     model.load_state_dict(data["state_dict"])
     model.inference_meta = data.get("meta", {})

@@ -149,5 +149,24 @@ class ZooNet(nn.Module):
         self.adapter = InputAdapter(input_size, weights is not None if normalize is None else normalize)
         self.backbone = backbone
 
+    @staticmethod
+    def standalone_config(config: dict) -> dict:
+        """``config`` for rebuilding a trained ZooNet whose weights come from a state_dict: no
+        weights to download or read (``weights=None``), the input normalisation they implied kept.
+
+        Example::
+
+            >>> ZooNet.standalone_config({"name": "resnet18", "weights": "/data/resnet18.pth"})
+            {'name': 'resnet18', 'weights': None, 'normalize': True}
+        """
+        normalize = config.get("normalize")
+        if normalize is None:
+            normalize = config.get("weights") is not None
+        return {**config, "weights": None, "normalize": bool(normalize)}
+
+    def export_config(self, config: dict) -> dict:
+        """The config :func:`dnnkit.nn.export.save_inference_model` stores (see :meth:`standalone_config`)."""
+        return self.standalone_config(config)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.adapter(x))
