@@ -62,29 +62,3 @@ def save_table(results: list[StageResult], metrics: list[str], published: dict[s
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     (run_dir / "results.md").write_text("\n".join(lines) + "\n")
     (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
-
-
-def save_curves(results: list[StageResult], path: Path, metric: str = "val/acc") -> Path | None:
-    """Plot ``metric`` per epoch for every stage and seed; returns the PNG path (None if no data)."""
-    curves = [(r, [(h["epoch"], h[metric]) for h in r.history if metric in h]) for r in results]
-    curves = [(r, c) for r, c in curves if c]
-    if not curves:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r, points in curves:
-        seeds = sum(1 for o in results if o.stage == r.stage)
-        label = r.stage if seeds == 1 else f"{r.stage} (seed {r.seed})"
-        ax.plot(*zip(*points), marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -29,7 +29,8 @@ from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.errors import DnnkitError, find_dnnkit_error
 from dnnkit.nn.surgery import read_state_dict, restack, reusable_layers, reuse_layers
 from dnnkit.profiler import NullProfiler
-from dnnkit.report import print_table, save_curves, save_table
+from dnnkit.plots import save_curves
+from dnnkit.report import print_table, save_table
 from dnnkit.results import StageResult
 from dnnkit.stages import check_config, stage_configs
 

@@ -33,13 +33,12 @@ import math
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError, choose, number
+from dnnkit.nn import health
 
-REMEDIES = (
-    "lower the learning rate (optimizer.lr), clip gradients (e.g. trainer.gradient_clip_val=1.0), "
-    "add batch normalization (model.batch_norm=true), or use a scale-preserving init for the activation"
-)
+REMEDIES = health.REMEDIES["exploding"]  # the text GradientHealth gives for exploding gradients
 
 
 def all_finite(tensors) -> bool:
@@ -136,6 +135,7 @@ class NonFiniteGuard(L.Callback):
 
     # ------------------------------------------------------------------ hooks
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # `named_parameters()` walks the module tree (~50 us for a small MLP): once per fit, not
         # every step (the optimizer holds these same tensors for the whole fit). Not at epoch
@@ -143,12 +143,15 @@ class NonFiniteGuard(L.Callback):
         self._params = list(pl_module.named_parameters())
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._loss = None  # a step whose training_step returned None has no loss: not the last one's
 
+    @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         scaler = self._scaler
         if scaler is None and self.check_gradients:
@@ -177,6 +180,7 @@ class NonFiniteGuard(L.Callback):
                 p.grad = None  # optimizers leave parameters without a gradient (and their state) alone
         pl_module.print(f"NonFiniteGuard: step {trainer.global_step} skipped: {what}")
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if self.check_weights:
             name = self._bad(self._params)
@@ -184,18 +188,22 @@ class NonFiniteGuard(L.Callback):
                 self._weights_fail(trainer, name)
 
     def _weights_fail(self, trainer: L.Trainer, name: str | None) -> None:
-        what = f"the weights of layer {layer_of(name) if name else '?'!r} are no longer finite after the optimizer step (loss {self._loss_value()})"
+        layer = layer_of(name) if name else "?"
+        what = f"the weights of layer {layer!r} are no longer finite after the optimizer step (loss {self._loss_value()})"
         self._fail(trainer, what, step=max(trainer.global_step - 1, 0))  # the step that made them so
 
+    @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         # raising here keeps the file from being written: last.ckpt keeps the last good weights
         name = first_non_finite(checkpoint.get("state_dict", {}).items())
         if name is not None:  # the last optimizer step made them so
             self._fail(trainer, f"refusing to write a checkpoint with non-finite weights ({name})", step=max(trainer.global_step - 1, 0))
 
+    @override
     def state_dict(self) -> dict:
         return {"skipped": self.skipped, "in_a_row": self._in_a_row}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.skipped = state_dict.get("skipped", 0)
         self._in_a_row = state_dict.get("in_a_row", 0)

@@ -11,7 +11,7 @@ from torch import nn
 from dnnkit.errors import choose
 from dnnkit.modules.greedy import GreedyPretrainer
 from dnnkit.nn.autoencoder import LOSSES, LayerDecoder, check_noise, encoder_linear, layer_loss, reconstruct
-from dnnkit.pictures import save_filters, save_reconstructions
+from dnnkit.plots import save_filters, save_reconstructions
 
 
 class AutoencoderPretrainer(GreedyPretrainer):

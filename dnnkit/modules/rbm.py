@@ -12,7 +12,7 @@ from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.greedy import GreedyPretrainer
 from dnnkit.nn.autoencoder import encoder_linear
 from dnnkit.nn.rbm import cd_loss, hidden_probs, pseudo_likelihood, reconstruction_error, visible_probs
-from dnnkit.pictures import save_filters, save_reconstructions
+from dnnkit.plots import save_filters, save_reconstructions
 
 
 class RBMPretrainer(GreedyPretrainer):

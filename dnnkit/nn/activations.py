@@ -33,10 +33,6 @@ ACTIVATIONS = {
 # The init that keeps each activation's signal variance steady (book, table 11-1).
 _INIT_FOR = {"selu": "lecun", "sigmoid": "xavier", "tanh": "xavier", "identity": "xavier"}
 
-# Activations whose units can die (output exactly zero) or saturate; GradientHealth reads these.
-RELU_FAMILY = ("relu", "leaky_relu", "rrelu", "elu", "selu", "prelu", "gelu")
-SATURATING = ("sigmoid", "tanh")
-
 
 def make_activation(name: str, **kwargs) -> nn.Module:
     """Build the activation ``name`` with its keyword parameters.

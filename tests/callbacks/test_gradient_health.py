@@ -141,6 +141,16 @@ def test_bad_arguments_fail_in_the_constructor(kwargs, message):
         GradientHealth(**kwargs)
 
 
+def test_the_callback_calls_the_plain_helpers_with_its_thresholds():
+    from dnnkit.nn import health
+
+    assert diagnose is health.diagnose and find_layers is health.find_layers and activation_stats is health.activation_stats
+    assert GradientHealth(vanishing_ratio=1e-3, dead_share=0.9).thresholds == health.Thresholds(vanishing_ratio=1e-3, dead_share=0.9)
+    hooks = [n for n, v in vars(GradientHealth).items() if callable(v) and not n.startswith("_") and hasattr(L.Callback, n)]
+    assert {"on_fit_start", "on_before_optimizer_step", "state_dict", "load_state_dict"} <= set(hooks)
+    assert all(getattr(getattr(GradientHealth, n), "__override__", False) for n in hooks)
+
+
 # ----------------------------------------------------------------------------- callback
 
 

@@ -69,6 +69,17 @@ def test_stop_names_step_loss_layer_and_remedies(tmp_path):
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+def test_remedies_are_the_text_gradient_health_gives(tmp_path):
+    from dnnkit.nn.health import REMEDIES
+
+    with pytest.raises(DnnkitError) as err:
+        trainer(tmp_path, NonFiniteGuard(), epochs=1).fit(Tiny(nan_at=(0,)))
+    assert str(err.value).endswith(f"Remedies: {REMEDIES['exploding']}")
+    assert "Trainer(gradient_clip_val=" in str(err.value)  # worded for any LightningModule, not dnnkit's keys only
+    hooks = [n for n, v in vars(NonFiniteGuard).items() if callable(v) and not n.startswith("_") and hasattr(L.Callback, n)]
+    assert len(hooks) == 8 and all(getattr(getattr(NonFiniteGuard, n), "__override__", False) for n in hooks)
+
+
 def test_skip_drops_the_bad_step_and_goes_on(tmp_path):
     module = Tiny(nan_at=(3,))
     before = {}

@@ -1,0 +1,168 @@
+"""Every PNG dnnkit draws: learning curves, image grids (inputs beside reconstructions, learned
+filters as tiles) and the gradient-health plot.
+
+matplotlib is imported inside the functions, with the non-interactive Agg backend, so importing
+this module costs nothing and works without a display. Curves stay distinguishable beyond ten
+lines, where matplotlib's colour cycle repeats: :func:`series_styles` then cycles line styles and
+markers together with the colours.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from dnnkit.nn.health import Finding
+    from dnnkit.results import StageResult
+
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "x", "*")  # 7 markers, 4 styles, 10 colours: 140 distinct lines
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_styles(n: int, colors: list | None = None, marker: str | None = None) -> list[dict]:
+    """Line keywords (``color``, ``linestyle``, ``marker``) for ``n`` curves on one axis.
+
+    Up to ten curves: ``colors`` (default: matplotlib's ten-colour cycle, ``C0`` ... ``C9``),
+    solid lines and ``marker``. Beyond ten the colours repeat (or, from a colour map, grow too
+    alike to tell apart), so line style and marker cycle with them: every one of the first 140
+    curves gets its own (colour, line style, marker).
+
+    Example::
+
+        >>> series_styles(2, marker="o")
+        [{'color': 'C0', 'linestyle': '-', 'marker': 'o'}, {'color': 'C1', 'linestyle': '-', 'marker': 'o'}]
+        >>> series_styles(12)[10]
+        {'color': 'C0', 'linestyle': '-.', 'marker': 'D'}
+    """
+    colors = list(colors) if colors is not None else [f"C{i % 10}" for i in range(n)]
+    if n <= 10:
+        return [{"color": colors[i], "linestyle": "-", "marker": marker} for i in range(n)]
+    return [{"color": colors[i], "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+            for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+
+def save_curves(results: list[StageResult], path: Path, metric: str = "val/acc") -> Path | None:
+    """Plot ``metric`` per epoch for every stage and seed; returns the PNG path (None if no data)."""
+    curves = [(r, [(h["epoch"], h[metric]) for h in r.history if metric in h]) for r in results]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (r, points), style in zip(curves, series_styles(len(curves), marker="o")):
+        seeds = sum(1 for o in results if o.stage == r.stage)
+        label = r.stage if seeds == 1 else f"{r.stage} (seed {r.seed})"
+        ax.plot(*zip(*points), markersize=3, label=label, **style)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- image grids
+
+
+def image_side(n_pixels: int) -> int | None:
+    """28 for 784 pixels; ``None`` when the vector is not a square image."""
+    side = math.isqrt(n_pixels)
+    return side if side * side == n_pixels else None
+
+
+def tile(images: torch.Tensor, ncols: int, pad: int = 1, normalize_each: bool = False) -> torch.Tensor:
+    """A (H, W) grid of ``images`` (N, h, w), ``min(ncols, N)`` to a row, white (1.0) between and
+    around the tiles; each tile scaled to [0, 1] if ``normalize_each``
+    (``torchvision.utils.make_grid``).
+
+    Example::
+
+        >>> tile(torch.rand(6, 4, 4), ncols=3).shape
+        torch.Size([11, 16])
+    """
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu()
+    grid = make_grid(images.unsqueeze(1), nrow=ncols, padding=pad, normalize=normalize_each, scale_each=True, pad_value=1.0)
+    if len(images) == 1:  # make_grid returns a lone image as it is, without the border
+        grid = torch.nn.functional.pad(grid, (pad, pad, pad, pad), value=1.0)
+    return grid[0]  # make_grid repeats a grey channel three times
+
+
+def save_grid(path: str | Path, grid: torch.Tensor, scale: int = 3) -> Path:
+    """Write a (H, W) tensor in [0, 1] as a grey PNG, each pixel ``scale`` x ``scale``."""
+    plt = _pyplot()
+    path = Path(path)
+    big = grid.clamp(0, 1).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    plt.imsave(path, big.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    return path
+
+
+def save_reconstructions(path: str | Path, inputs: torch.Tensor, outputs: torch.Tensor) -> Path | None:
+    """Two rows: ``inputs`` above their ``outputs`` (flattened square images in [0, 1])."""
+    side = image_side(inputs[0].numel())
+    if side is None:
+        return None
+    both = torch.cat([inputs.flatten(1), outputs.flatten(1)]).view(-1, side, side)
+    return save_grid(path, tile(both, ncols=len(inputs)))
+
+
+def save_filters(path: str | Path, weight: torch.Tensor, n: int = 64) -> Path | None:
+    """The first ``n`` rows of a first-layer weight (units x pixels) as tiles, each scaled to [0, 1]."""
+    side = image_side(weight.shape[1])
+    if side is None:
+        return None
+    w = weight[:n].view(-1, side, side)
+    return save_grid(path, tile(w, ncols=math.ceil(math.sqrt(len(w))), normalize_each=True))
+
+
+# ----------------------------------------------------------------------------- gradient health
+
+
+def save_health_plot(history: list[dict], path: str | Path, findings: list[Finding] | None = None) -> Path:
+    """Per-layer gradient norms (left) and update-to-weight ratios (right) over the steps of a
+    gradient-health history (:mod:`dnnkit.nn.health`); the findings as the title."""
+    from dnnkit.nn.health import layer_list
+
+    plt = _pyplot()
+    layers = list(history[0]["grad"])
+    steps = [h["step"] for h in history]
+    colors = plt.cm.viridis([i / max(1, len(layers) - 1) for i in range(len(layers))])  # bottom to top
+    styles = series_styles(len(layers), colors=list(colors))
+    markevery = max(1, len(steps) // 10)  # markers (beyond ten layers) on a few points, not on every sample
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, title in ((axes[0], "grad", "gradient norm per layer"), (axes[1], "update", "update / weight per step")):
+        for name, style in zip(layers, styles):
+            values = [h[key].get(name, math.nan) for h in history]
+            ax.plot(steps, [v if v and math.isfinite(v) and v > 0 else math.nan for v in values], label=name,
+                    markersize=4, markevery=markevery, **style)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if findings:
+        fig.suptitle("; ".join(f"{f.problem}: {layer_list(f.layers)}" for f in findings), fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
