@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from dnnkit import console as _console  # noqa: F401  (sets up the `dnnkit` logger)
 from dnnkit.errors import DnnkitError
 
 if TYPE_CHECKING:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dnnkit.results import StageResult, aggregate
+
+log = logging.getLogger(__name__)
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -45,15 +50,36 @@ def table_rows(results: list[StageResult], metrics: list[str], published: dict[s
     return header, rows
 
 
-def print_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], title: str) -> None:
+TABLE_WIDTH = 100  # columns: a terminal's default, and readable in train.log
+
+
+def render_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], title: str,
+                 width: int = TABLE_WIDTH) -> str:
+    """The results table as text ``width`` columns wide; the ``published`` column wraps.
+
+    Example::
+
+        >>> r = StageResult("a", 0, Path("."), {"val/acc": 0.91}, fit_seconds=2.0, epochs=3)
+        >>> text = render_table([r], ["val/acc"], {"a": {"metric": "val/acc", "value": 0.9, "source": "[book]"}}, "t")
+        >>> "(ours +0.0100) [[book]]" in " ".join(text.split()), max(map(len, text.splitlines())) <= 100
+        (True, True)
+    """
     header, rows = table_rows(results, metrics, published)
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for h in header:
-        table.add_column(h, justify="left" if h in ("stage", "published") else "right")
+        wraps = h == "published"
+        table.add_column(escape(h), justify="left" if h in ("stage", "published") else "right",
+                         overflow="fold" if wraps else "ellipsis", no_wrap=not wraps)
     for row in rows:
-        table.add_row(*row)
-    needed = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(header)) + 1
-    Console(width=max(120, Console().width, needed)).print(table)  # wide enough never to cut a header
+        table.add_row(*(escape(cell) for cell in row))  # user text: "[seed, epoch 20]" is not markup
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, legacy_windows=False).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+
+
+def print_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], title: str) -> None:
+    """Show the results table (see :func:`render_table`) on dnnkit's output channel."""
+    log.info("%s", render_table(results, metrics, published, title))
 
 
 def save_table(results: list[StageResult], metrics: list[str], published: dict[str, dict], run_dir: Path, title: str) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -24,12 +25,13 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.errors import DnnkitError, find_dnnkit_error
 from dnnkit.nn.surgery import read_state_dict, restack, reusable_layers, reuse_layers
-from dnnkit.profiler import NullProfiler
 from dnnkit.plots import save_curves
+from dnnkit.profiler import NullProfiler
 from dnnkit.report import print_table, save_table
 from dnnkit.results import StageResult
 from dnnkit.stages import check_config, stage_configs
@@ -54,6 +56,17 @@ def instantiate(config, *args, **kwargs):
         if ours is None:
             raise
         raise ours from None
+
+
+class LogEveryEpoch(L.Callback):
+    """An epoch shorter than ``trainer.log_every_n_steps`` would log no training step (Lightning
+    warns, once per stage); log every ``num_training_batches`` steps instead, once an epoch."""
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = trainer.num_training_batches
+        if isinstance(batches, int) and 0 < batches < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = batches
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -115,12 +128,15 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     if summary is None:
         summary = EpochSummary(verbose=False)
         callbacks.append(summary)
+    callbacks.append(LogEveryEpoch())
     logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir), **profiler)
     ckpt_path = resume_checkpoint(stage_dir, bool(cfg.get("resume")))
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with warnings.catch_warnings():  # LogEveryEpoch makes Lightning's advice moot
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -210,8 +226,7 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
                 result = StageResult.from_json(json.loads(marker.read_text()))
                 log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, marker)
             else:
-                if is_global_zero():  # other DDP ranks run the same stages
-                    print(f"\n== stage {name}" + (f", seed {seed}" if len(seeds) > 1 else "") + f"  ->  {stage_dir}")
+                log.info("== stage %s%s  ->  %s", name, f", seed {seed}" if len(seeds) > 1 else "", stage_dir)
                 result = fit_stage(name, stage_cfg, seed, stage_dir, done)
                 if is_global_zero():
                     marker.write_text(json.dumps(result.to_json(), indent=1))

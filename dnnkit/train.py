@@ -21,9 +21,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dnnkit.console import route_to_root
 from dnnkit.errors import find_dnnkit_error
 from dnnkit.runner import close_process_group, run_recipe
 from dnnkit.stages import config_dir
+
+log = logging.getLogger(__name__)
 
 
 def quiet_third_party_noise() -> None:
@@ -33,16 +36,24 @@ def quiet_third_party_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def report_error(message: str) -> None:
+    """``error: ...`` on stderr, and the same line in ``train.log``."""
+    print(f"error: {message}", file=sys.stderr)
+    log.error("error: %s", message, extra={"console": False})
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    route_to_root()
     quiet_third_party_noise()
     try:
         results = run_recipe(cfg, HydraConfig.get().runtime.output_dir)
     except Exception as err:
         ours = find_dnnkit_error(err)
         if ours is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            log.exception("the run failed", extra={"console": False})  # the traceback in train.log too
             raise
-        print(f"error: {ours}", file=sys.stderr)
+        report_error(str(ours))
         sys.exit(2)
     finally:
         close_process_group()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
-from tqdm.auto import tqdm
+from typing_extensions import override
+
+log = logging.getLogger(__name__)
 
 
 class EpochSummary(L.Callback):
     """Print ``epoch  3/20  train/loss 0.1234  val/loss 0.0987  val/acc 0.9712  (2.1 s)`` at the
-    end of each training epoch (after its validation), above the progress bar, and keep the rows in :attr:`history`.
+    end of each training epoch (after its validation), above the progress bar, and keep the rows in
+    :attr:`history`. The lines go to the ``dnnkit`` logger (:mod:`dnnkit.console`): stdout by
+    default, and ``train.log`` under ``python -m dnnkit.train``.
 
     Works on any LightningModule: it reads ``trainer.callback_metrics``.
 
@@ -33,9 +38,11 @@ class EpochSummary(L.Callback):
         self.history: list[dict[str, float]] = []
         self._start = time.perf_counter()
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # validation has run by now and the epoch means of step metrics are computed
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1 and not k.endswith("_step")}
@@ -54,10 +61,12 @@ class EpochSummary(L.Callback):
         parts = [f"epoch {row['epoch']:>{width}}" + (f"/{trainer.max_epochs}" if bounded else "")]
         parts += [f"{k} {row[k]:.4f}" for k in keys if k in row and math.isfinite(row[k])]
         parts.append(f"({time.perf_counter() - self._start:.1f} s)")
-        tqdm.write("  ".join(parts))
+        log.info("%s", "  ".join(parts))
 
+    @override
     def state_dict(self) -> dict:
         return {"history": self.history}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))

@@ -200,7 +200,7 @@ class LayerFreezing(L.Callback):
     @rank_zero_only
     def _print(self, message: str) -> None:
         if self.verbose:
-            print(message)
+            log.info("%s", message)
 
     # ------------------------------------------------------------------ resume
 

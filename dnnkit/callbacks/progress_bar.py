@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 
+import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from typing_extensions import override
 
 from dnnkit.errors import number
 
@@ -18,17 +22,28 @@ class ProgressBar(TQDMProgressBar):
     mnist_bn MLP's ~2.6 ms steps, ~9% of its time, and N=50 leaves a large model's bar frozen for
     minutes.
 
+    With ``tty_only`` (the default) the bar is drawn only when stdout is a terminal: output
+    redirected to a file gets the epoch lines, not thousands of ``\\r`` frames.
+
     Example::
 
         trainer = Trainer(callbacks=[ProgressBar(min_interval=0.5)])
     """
 
-    def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False) -> None:
+    def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False, tty_only: bool = True) -> None:
         number("min_interval (seconds)", min_interval, 0)
         super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
         self.min_interval = min_interval
-        self._drawn_at = 0.0
+        self.tty_only = tty_only
+        self._drawn_at = -math.inf  # the first call draws, however long the machine has been up
 
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.tty_only and not sys.stdout.isatty():
+            self.disable()
+
+    @override
     def _should_update(self, current: int, total: int) -> bool:
         now = time.monotonic()
         if self.is_enabled and (current == total or now - self._drawn_at >= self.min_interval):
