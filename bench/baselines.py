@@ -1,83 +1,69 @@
-"""The two baselines dnnkit is timed against.
+"""The contenders dnnkit is timed against, and whether they do the same work.
 
-* :func:`raw_fit`: the floor, a hand-written PyTorch loop over the same in-memory uint8 tensors
-  (shuffle, one gather per batch, scale, forward, backward, step; validation accuracy at the end
-  of each epoch). No logging, no checkpoints, no progress bar.
-* :class:`PlainLightning` + :func:`torchvision_loaders`: what a user would write instead of
-  dnnkit, a LightningModule over torchvision's MNIST ``Dataset`` (PIL images, ``ToTensor``) in a
-  ``DataLoader``, with Lightning's default Trainer (progress bar, logger, checkpointing).
+Every contender trains the network of a recipe's stage (built from the same config, seeded
+alike) on the same training and validation images:
 
-Both use the same network object type as dnnkit (built from the same config), so the only
-difference measured is the loop and the data path.
+* ``raw``: :func:`bench.common.raw_fit`, a hand-written PyTorch loop over dnnkit's in-memory
+  batches (one gather per batch, scale, forward, backward, step; validation accuracy at the end
+  of each epoch). No logging, no checkpoints, no progress bar. The floor.
+* ``floor``: :class:`MinimalLightning`, the raw loop's work as a LightningModule over the same
+  loader, in a Trainer with no callbacks, logger, progress bar or checkpoints: Lightning's floor.
+* ``lightning``: :class:`PlainLightning` + :func:`torchvision_loaders`, what a user would write
+  instead of dnnkit: a LightningModule over torchvision's MNIST ``Dataset`` (PIL images,
+  ``ToTensor``) in a ``DataLoader``, with Lightning's default Trainer (progress bar, logger,
+  checkpointing).
+* ``dnnkit`` (and ``dnnkit-bare``, without progress bar, logger and checkpoints):
+  :func:`dnnkit.runner.fit_stage` on the composed config, as ``python -m dnnkit.train`` runs it.
+
+``python -m bench.speed`` times them against each other. ``python -m bench.baselines`` checks
+that they are fair: each trains for ``--epochs`` epochs and the table shows the validation
+accuracy it reached beside dnnkit's (same network, optimizer and images, so within noise of
+the shuffle order), with its median epoch time (the first epoch a warm-up).
+
+Examples::
+
+    python -m bench.baselines                            # mnist_bn, 3 epochs each
+    python -m bench.baselines --epochs 2 --only raw dnnkit
+    python -m bench.baselines --recipe transfer --stage B_on_A data.val_size=1000
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from bench.common import (
+    EpochTimer,
+    accuracy,
+    add_results_arguments,
+    command_line,
+    md_table,
+    median,
+    publish,
+    quiet,
+    raw_fit,
+    results_target,
+    stage_config,
+)
 from dnnkit.data.discovery import DATASETS, FILES, find_dataset
+from dnnkit.runner import device_summary, fit_stage
 
-
-# ----------------------------------------------------------------------------- raw loop
-
-
-def raw_fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-    epochs: int,
-    batch_size: int,
-    eval_batch_size: int = 1000,
-    seed: int = 0,
-) -> tuple[list[float], list[float]]:
-    """Train ``epochs`` epochs; return the wall-clock and the CPU seconds of each (training +
-    validation).
-
-    Example::
-
-        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-        >>> x, y = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (100,))
-        >>> wall, cpu = raw_fit(model, torch.optim.SGD(model.parameters(), lr=0.01), (x, y), (x, y), 2, 20)
-        >>> len(wall), len(cpu)
-        (2, 2)
-    """
-    images, labels = train
-    val_images, val_labels = val
-    g = torch.Generator().manual_seed(seed)
-    wall, cpu = [], []
-    for _ in range(epochs):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        model.train()
-        order = torch.randperm(len(labels), generator=g)
-        for i in range(0, len(labels), batch_size):
-            idx = order[i : i + batch_size]
-            # index_select: the fastest gather (advanced indexing images[idx] is ~5x slower)
-            x = images.index_select(0, idx).unsqueeze(1).float().mul_(1 / 255)
-            loss = F.cross_entropy(model(x), labels.index_select(0, idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, len(val_labels), eval_batch_size):
-                x = val_images[i : i + eval_batch_size].unsqueeze(1).float().mul_(1 / 255)
-                correct += (model(x).argmax(1) == val_labels[i : i + eval_batch_size]).sum().item()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return wall, cpu
+CONTENDERS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning")
 
 
 # ----------------------------------------------------------------------------- Lightning's floor
@@ -107,13 +93,11 @@ class MinimalLightning(L.LightningModule):
 # ----------------------------------------------------------------------------- plain Lightning
 
 
-class PlainLightning(L.LightningModule):
+class PlainLightning(MinimalLightning):
     """The LightningModule a user writes: cross-entropy, SGD, torchmetrics accuracy, ``self.log``."""
 
     def __init__(self, model: nn.Module, optimizer_factory) -> None:
-        super().__init__()
-        self.model = model
-        self.optimizer_factory = optimizer_factory
+        super().__init__(model, optimizer_factory)
         self.val_acc = MulticlassAccuracy(model.n_outputs, average="micro")
 
     def forward(self, x):
@@ -132,8 +116,9 @@ class PlainLightning(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
-    def configure_optimizers(self):
-        return self.optimizer_factory(self.parameters())
+
+
+# ----------------------------------------------------------------------------- torchvision's data path
 
 
 def torchvision_root(name: str = "mnist") -> Path:
@@ -210,3 +195,155 @@ def dnnkit_split_indices(datamodule) -> tuple[torch.Tensor, torch.Tensor]:
     lut[torch.tensor(datamodule.classes or list(range(10)))] = torch.arange(len(datamodule.classes or range(10)))
     train, val = split_indices(lut[labels[kept]], datamodule.val_size, datamodule.n_per_class, datamodule.seed)
     return kept[train], kept[val]
+
+
+# ----------------------------------------------------------------------------- the contenders' fits
+
+
+class Timed(NamedTuple):
+    """One contender's fit: wall and CPU seconds per epoch, the whole fit's seconds, and the
+    validation accuracy after the last epoch."""
+
+    wall: list[float]
+    cpu: list[float]
+    fit_seconds: float
+    val_acc: float
+
+
+def _seeded(cfg: DictConfig):
+    """The stage's datamodule and network, seeded as :func:`dnnkit.runner.fit_stage` seeds them."""
+    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
+    return instantiate(cfg.data, _convert_="all"), instantiate(cfg.model, _convert_="all")
+
+
+def fit_dnnkit(name: str, cfg: DictConfig, epochs: int, bare: bool = False) -> Timed:
+    """``dnnkit.runner.fit_stage`` on ``cfg`` (no testing); ``bare``: no progress bar, logger or
+    checkpoints."""
+    cfg = cfg.copy()
+    cfg.trainer.max_epochs = epochs
+    cfg.test = False
+    cfg.callbacks = dict(cfg.get("callbacks") or {})
+    cfg.callbacks["timer"] = {"_target_": "bench.common.EpochTimer"}
+    if bare:
+        for key in ("checkpoint", "last_checkpoint", "progress_bar", "epoch_summary"):
+            cfg.callbacks[key] = None
+        cfg.logger = None
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_checkpointing = False
+    with tempfile.TemporaryDirectory(prefix="dnnkit-bench-") as tmp:
+        result = fit_stage(name, cfg, int(cfg.get("seed", 0)), Path(tmp), {})
+    timer = EpochTimer.last
+    return Timed(timer.epoch_seconds, timer.epoch_cpu_seconds, result.fit_seconds, result.metrics.get("val/acc", float("nan")))
+
+
+def fit_raw(cfg: DictConfig, epochs: int) -> Timed:
+    dm, model = _seeded(cfg)
+    dm.setup("fit")
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    start = time.perf_counter()
+    fit = raw_fit(model, optimizer, dm.train_dataloader(), epochs, val=dm.val_dataloader())
+    return Timed(fit.wall, fit.cpu, time.perf_counter() - start, fit.val_acc[-1])
+
+
+def fit_floor(cfg: DictConfig, epochs: int) -> Timed:
+    dm, model = _seeded(cfg)
+    module = MinimalLightning(model, instantiate(cfg.optimizer))
+    timer = EpochTimer()
+    trainer = L.Trainer(
+        max_epochs=epochs, callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+    return Timed(timer.epoch_seconds, timer.epoch_cpu_seconds, seconds, accuracy(model, dm.val_dataloader()))
+
+
+def fit_lightning(cfg: DictConfig, epochs: int, num_workers: int = 0) -> Timed:
+    dm, model = _seeded(cfg)
+    train_idx, val_idx = dnnkit_split_indices(dm)
+    train, val = torchvision_loaders(dm.name, train_idx, val_idx, dm.batch_size, dm.eval_batch_size, dm.classes, num_workers)
+    module = PlainLightning(model, instantiate(cfg.optimizer))
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory(prefix="lightning-bench-") as tmp:
+        trainer = L.Trainer(max_epochs=epochs, callbacks=[timer], default_root_dir=tmp)
+        start = time.perf_counter()
+        trainer.fit(module, train, val)
+        seconds = time.perf_counter() - start
+    return Timed(timer.epoch_seconds, timer.epoch_cpu_seconds, seconds, float(trainer.callback_metrics["val_acc"]))
+
+
+def fit_contender(contender: str, name: str, cfg: DictConfig, epochs: int, num_workers: int = 0) -> Timed:
+    """One fit of ``contender`` (one of :data:`CONTENDERS`) on stage ``name``'s config."""
+    if contender in ("dnnkit", "dnnkit-bare"):
+        return fit_dnnkit(name, cfg, epochs, bare=contender == "dnnkit-bare")
+    if contender == "raw":
+        return fit_raw(cfg, epochs)
+    if contender == "floor":
+        return fit_floor(cfg, epochs)
+    return fit_lightning(cfg, epochs, num_workers)
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def report(fits: dict[str, Timed], recipe: str, stage: str, epochs: int, command: str) -> str:
+    """The markdown block: per contender the validation accuracy beside dnnkit's and the epoch time."""
+    ref = fits.get("dnnkit", fits.get("dnnkit-bare"))
+    rows = [
+        (c, f"{t.val_acc:.4f}", f"{100 * (t.val_acc - ref.val_acc):+.2f}" if ref else "-", f"{median(t.wall[1:]):.3f}",
+         f"{median(t.cpu[1:]):.3f}")
+        for c, t in fits.items()
+    ]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {device_summary()}. The `{recipe}` network (stage `{stage}`), {epochs} epochs per contender, "
+        "seeded alike; the epoch times are medians without the first (warm-up) epoch.",
+        "",
+        *md_table(["loop", f"val/acc after {epochs} epochs", "vs dnnkit (points)", "median s/epoch (wall)",
+                   "median CPU s/epoch"], rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def contender_parser(prog: str, description: str, only: list[str]) -> argparse.ArgumentParser:
+    """The options of a bench that fits contenders on a recipe's stage (this one and ``bench.speed``)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--recipe", default="mnist_bn")
+    p.add_argument("--stage", default=None, help="a stage of the recipe (default: the first)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per fit; the first is a warm-up, not timed")
+    p.add_argument("--only", nargs="+", choices=CONTENDERS, default=only)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the plain-Lightning baseline")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own); 1 avoids OpenMP spin-waits on a shared CPU")
+    add_results_arguments(p)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=100")
+    return p
+
+
+def contender_setup(p: argparse.ArgumentParser, args: argparse.Namespace, bench: str) -> tuple[Path | None, str, DictConfig]:
+    """Check the options, set the threads, quiet the logs; return the results file (``None``:
+    don't write), the stage's name and config."""
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (one warm-up)")
+    target = results_target(p, args, bench)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet()
+    return (target, *stage_config(args.recipe, args.stage, args.overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = contender_parser("python -m bench.baselines", __doc__.split("\n\n")[0], ["dnnkit", "raw", "floor", "lightning"])
+    args = p.parse_args(argv)
+    target, name, cfg = contender_setup(p, args, "baselines")
+    fits = {}
+    for c in args.only:
+        fits[c] = fit_contender(c, name, cfg, args.epochs, args.workers)
+        print(f"{c:<12} val/acc {fits[c].val_acc:.4f}, epochs " + " ".join(f"{s:.2f}" for s in fits[c].wall) + " s", flush=True)
+    publish("baselines", report(fits, args.recipe, name, args.epochs, command_line("python -m bench.baselines", argv)), target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,9 @@ Examples::
     python -m bench.cost mnist_bn                         # one recipe
     python -m bench.cost mnist_fast --seeds 0 1 2         # each seed in its own run
     python -m bench.cost transfer -- trainer.max_epochs=5 # Hydra overrides after --
+
+The table goes into ``docs/RESULTS.md``, between ``<!-- bench:cost:begin -->`` and
+``<!-- bench:cost:end -->`` (``--results PATH`` for another file, ``--no-write`` to only print).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.common import add_results_arguments, command_line, md_table, publish, results_target, train_command
 
 
 def measure_recipe(recipe: str, overrides: list[str] | None = None, runs: str | Path = "runs/bench_cost",
@@ -37,8 +42,7 @@ def measure_recipe(recipe: str, overrides: list[str] | None = None, runs: str | 
         cost["wall_s"], cost["peak_rss_mib"], cost["stages"][0]["metrics"]["test/acc"]
     """
     run_dir = Path(runs) / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    cmd = [sys.executable, "-m", "dnnkit.train", f"+recipe={recipe}", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={run_dir}", *(overrides or [])]
+    cmd = train_command(recipe, run_dir, overrides or [])
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -66,39 +70,38 @@ def measure_recipe(recipe: str, overrides: list[str] | None = None, runs: str | 
 
 
 def report(costs: list[dict], command: str) -> str:
-    lines = [
-        "### Cost of a recipe run",
-        "",
-        f"Command: `{command}` (each recipe in its own process; wall and CPU seconds of the whole "
-        "process, including start-up, data loading, testing and plots; peak resident memory).",
-        "",
-        "| recipe | stages x seeds | wall (s) | CPU (s) | fit time, sum (s) | peak RSS (MiB) | test/acc | val/acc |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """The markdown block: per run wall and CPU seconds, fit time, peak memory and accuracies."""
+    rows = []
     for c in costs:
         st = c["stages"]
         fit = sum(s.get("fit_seconds", 0.0) for s in st)
         test = ", ".join(f"{s['metrics']['test/acc']:.4f}" for s in st if "test/acc" in s.get("metrics", {})) or "-"
         val = ", ".join(f"{s['metrics']['val/acc']:.4f}" for s in st if "val/acc" in s.get("metrics", {})) or "-"
         status = "" if c["returncode"] == 0 else f" (exit {c['returncode']})"
-        lines.append(
-            f"| `{c['recipe']}`{status} | {len(st)} | {c['wall_s']:.1f} | {c['cpu_s']:.1f} | {fit:.1f} "
-            f"| {c['peak_rss_mib']:.0f} | {test} | {val} |"
-        )
+        rows.append((f"`{c['recipe']}`{status}", len(st), f"{c['wall_s']:.1f}", f"{c['cpu_s']:.1f}", f"{fit:.1f}",
+                     f"{c['peak_rss_mib']:.0f}", test, val))
+    lines = [
+        f"Command: `{command}` (each recipe in its own process; wall and CPU seconds of the whole "
+        "process, including start-up, data loading, testing and plots; peak resident memory).",
+        "",
+        *md_table(["recipe", "stages x seeds", "wall (s)", "CPU (s)", "fit time, sum (s)", "peak RSS (MiB)",
+                   "test/acc", "val/acc"], rows),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    options = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n\n")[0])
     p.add_argument("recipes", nargs="+")
     p.add_argument("--seeds", nargs="*", type=int, default=None, help="run each recipe once per seed")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs")
     p.add_argument("--runs", default="runs/bench_cost", help="parent folder of the run folders")
-    p.add_argument("--out", default="docs/results/cost.md", help="write the markdown section here ('' = don't)")
-    args = p.parse_args(argv)
+    add_results_arguments(p)
+    args = p.parse_args(options)
+    target = results_target(p, args, "cost")
     costs = []
     for recipe in args.recipes:
         for seed in args.seeds or [None]:
@@ -106,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             cost = measure_recipe(recipe, extra, args.runs, args.threads)
             costs.append(cost)
             print(json.dumps({k: v for k, v in cost.items() if k != "stages"}, indent=1), flush=True)
-    command = "python -m bench.cost " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(costs, command.strip())
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    publish("cost", report(costs, command_line("python -m bench.cost", argv)), target)
     return 0 if all(c["returncode"] == 0 for c in costs) else 1
 
 

@@ -12,19 +12,20 @@ alike. The no-BN network is timed a second time as a control: that ratio is the 
     python -m bench.fold_bn --epochs 3 --threads 2 --rounds 120
 
 Prints test accuracy, batch-1 and batch-1,000 latency and throughput for each network, and
-whether the folded network is within 5% of the one without batch norm.
+whether the folded network is within 5% of the one without batch norm. The tables go into
+``docs/RESULTS.md``, between ``<!-- bench:fold_bn:begin -->`` and ``<!-- bench:fold_bn:end -->``
+(``--results PATH`` for another file, ``--no-write`` to only print).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from bench.common import accuracy, add_results_arguments, command_line, md_table, median, publish, raw_fit, results_target
 from dnnkit.data import MNISTDataModule
 from dnnkit.data.loader import TensorLoader
 from dnnkit.nn import MLP, fold_batchnorm
@@ -37,22 +38,9 @@ def networks() -> dict[str, nn.Module]:
     return {"batch norm": bn, "no batch norm (ELU + He)": plain}
 
 
-def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float) -> float:
-    """The seed's setup: plain SGD, batch 200. Returns seconds."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        for x, y in TensorLoader(images, labels, 200, shuffle=True, seed=epoch):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    return time.perf_counter() - start
-
-
-@torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (model(x).argmax(1) == y).float().mean().item()
+def train(model: nn.Module, loader: TensorLoader, epochs: int, lr: float) -> float:
+    """The seed's setup: plain SGD, batch 200 (the loader's). Returns seconds."""
+    return sum(raw_fit(model, torch.optim.SGD(model.parameters(), lr=lr), loader, epochs).wall)
 
 
 @torch.inference_mode()
@@ -77,17 +65,19 @@ def measure(models: dict[str, nn.Module], x: torch.Tensor, samples: int, calls: 
     for _ in range(samples):
         for i in torch.randperm(len(names), generator=order).tolist():
             times[names[i]].append(seconds_per_call(models[names[i]], x, calls))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.fold_bn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per network (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for every network (default 1)")
     parser.add_argument("--rounds", type=int, default=60, help="timed batches of 1,000 per network; 5x as many batch-1 timings of 10 calls")
     parser.add_argument("--val-size", type=int, default=5000, help="images held out of training, as in the seed")
     parser.add_argument("--tolerance", type=float, default=0.05, help="folded may be this much slower than no BN")
+    add_results_arguments(parser)
     args = parser.parse_args(argv)
+    target = results_target(parser, args, "fold_bn")
     torch.set_num_threads(args.threads)
 
     data = MNISTDataModule("mnist", val_size=args.val_size, seed=0)
@@ -97,37 +87,42 @@ def main(argv: list[str] | None = None) -> dict:
 
     nets = networks()
     for name, net in nets.items():
-        seconds = train(net, train_x, train_y, args.epochs, lr=0.01)
+        seconds = train(net, TensorLoader(train_x, train_y, 200, shuffle=True), args.epochs, lr=0.01)
         print(f"trained {name}: {args.epochs} epoch(s) in {seconds:.1f} s")
         net.eval()
     bn, plain = nets.values()
     models = {"batch norm (unfolded)": bn, "batch norm (folded)": fold_batchnorm(bn), "no batch norm (ELU + He)": plain}
     with torch.inference_mode():
         diff = (models["batch norm (folded)"](test_x) - bn(test_x)).abs().max().item()
-    acc = {name: accuracy(m, test_x, test_y) for name, m in models.items()}
+    acc = {name: accuracy(m, [(test_x, test_y)]) for name, m in models.items()}
     timed = {**models, "control": plain}  # the no-BN network timed twice: the noise floor
     single = measure(timed, test_x[:1], samples=5 * args.rounds, calls=10)
     batch = measure(timed, test_x[:1000], samples=args.rounds, calls=1)
     timing = {name: {"b1": single[name], "b1000": batch[name]} for name in timed}
 
-    print(f"\nMNIST test set, {len(test_y)} images; CPU, torch {torch.__version__}, {args.threads} thread(s); "
-          f"medians of {5 * args.rounds} (batch 1) and {args.rounds} (batch 1000) alternating timings; max |folded - unfolded| logit {diff:.1e}\n")
-    header = f"{'network':<26} {'test acc':>8} {'batch 1 (us)':>13} {'batch 1000 (ms)':>16} {'images/s (b1)':>14} {'images/s (b1000)':>17}"
-    print(header)
-    print("-" * len(header))
+    rows = []
     for name in models:
         b1, b1000 = timing[name]["b1"], timing[name]["b1000"]
-        print(f"{name:<26} {acc[name]:>8.4f} {b1 * 1e6:>13.1f} {b1000 * 1e3:>16.2f} {1 / b1:>14.0f} {1000 / b1000:>17.0f}")
+        rows.append((name, f"{acc[name]:.4f}", f"{b1 * 1e6:.1f}", f"{b1000 * 1e3:.2f}", f"{1 / b1:.0f}", f"{1000 / b1000:.0f}"))
+    lines = [
+        f"Command: `{command_line('python -m bench.fold_bn', argv)}`  ",
+        f"MNIST test set, {len(test_y)} images; CPU, torch {torch.__version__}, {args.threads} thread(s); "
+        f"medians of {5 * args.rounds} (batch 1) and {args.rounds} (batch 1000) alternating timings; "
+        f"max |folded - unfolded| logit {diff:.1e}.",
+        "",
+        *md_table(["network", "test acc", "batch 1 (us)", "batch 1000 (ms)", "images/s (b1)", "images/s (b1000)"], rows),
+        "",
+    ]
     folded, no_bn, unfolded = (timing[n] for n in ("batch norm (folded)", "no batch norm (ELU + He)", "batch norm (unfolded)"))
-    print()
     ok = True
     for key, label in (("b1", "batch 1"), ("b1000", "batch 1000")):
         ratio = folded[key] / no_bn[key]
         ok &= ratio <= 1 + args.tolerance
         noise = timing["control"][key] / no_bn[key]
-        print(f"{label}: folded / no-BN = {ratio:.3f}, unfolded / no-BN = {unfolded[key] / no_bn[key]:.3f}  "
-              f"({'ok' if ratio <= 1 + args.tolerance else 'SLOWER'}: limit {1 + args.tolerance:.2f}; "
-              f"noise floor: no-BN timed again / no-BN = {noise:.3f})")
+        lines.append(f"- {label}: folded / no-BN = {ratio:.3f}, unfolded / no-BN = {unfolded[key] / no_bn[key]:.3f} "
+                     f"({'ok' if ratio <= 1 + args.tolerance else 'SLOWER'}: limit {1 + args.tolerance:.2f}; "
+                     f"noise floor: no-BN timed again / no-BN = {noise:.3f})")
+    publish("fold_bn", "\n".join(lines) + "\n", target)
     return {"accuracy": acc, "timing": timing, "ok": ok, "max_logit_diff": diff}
 
 

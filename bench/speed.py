@@ -19,109 +19,30 @@ table shows medians, and the ratios dnnkit/raw (goals <= 1.15 and <= 1.10) and l
 as the ratio of the medians and, steadier on a shared machine whose speed drifts between
 rounds, as the median of each round's ratio (both contenders timed within the same minute).
 
+The tables go into ``docs/RESULTS.md``, between ``<!-- bench:speed:begin -->`` and
+``<!-- bench:speed:end -->`` (``--results PATH`` for another file, ``--no-write`` to only print).
+The contenders' fits are :mod:`bench.baselines`.
+
 Examples::
 
     python -m bench.speed                                   # mnist_bn, 3 rounds x (1 + 2) epochs
-    python -m bench.speed --rounds 5 --only dnnkit raw
+    python -m bench.speed --rounds 5 --only dnnkit raw --no-write
     python -m bench.speed --recipe transfer --stage B_on_A  # any recipe's stage
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
 
-import lightning as L
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bench.baselines import MinimalLightning, PlainLightning, dnnkit_split_indices, raw_fit, torchvision_loaders
-from bench.timing import EpochTimer, median
-from dnnkit.runner import device_summary, fit_stage
-from dnnkit.stages import config_dir, stage_configs
+from bench.baselines import CONTENDERS, contender_parser, contender_setup, fit_contender
+from bench.common import command_line, median, publish
+from dnnkit.runner import device_summary
 
-CONTENDERS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning")
-GOALS_VS_RAW = {"issue 2": 1.15, "issue 7": 1.10}
+GOALS_VS_RAW = (1.15, 1.10)  # dnnkit / raw: the goal, and the stretch goal
 GOAL_VS_LIGHTNING = 3.0
-
-
-def stage_config(recipe: str, stage: str | None = None, overrides: list[str] | None = None) -> tuple[str, DictConfig]:
-    """``(stage name, config)`` of one stage of ``+recipe=NAME`` (the first by default), as a
-    plain mutable config."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+recipe={recipe}", *(overrides or [])])
-    stages = stage_configs(cfg)
-    names = [n for n, _ in stages]
-    name, scfg = next(((n, c) for n, c in stages if n == stage), stages[0]) if stage in (None, *names) else (None, None)
-    if name is None:
-        raise SystemExit(f"stage {stage!r} not in recipe {recipe!r}; stages: {names}")
-    return name, OmegaConf.create(OmegaConf.to_container(scfg, resolve=False))
-
-
-def time_dnnkit(name: str, cfg: DictConfig, epochs: int, bare: bool = False) -> tuple[list[float], list[float], float]:
-    """Per-epoch wall and CPU seconds, and the total fit seconds, of ``dnnkit.runner.fit_stage`` on ``cfg``."""
-    cfg = cfg.copy()
-    cfg.trainer.max_epochs = epochs
-    cfg.test = False
-    cfg.callbacks = dict(cfg.get("callbacks") or {})
-    cfg.callbacks["timer"] = {"_target_": "bench.timing.EpochTimer"}
-    if bare:
-        for key in ("checkpoint", "last_checkpoint", "progress_bar", "epoch_summary"):
-            cfg.callbacks[key] = None
-        cfg.logger = None
-        cfg.trainer.enable_progress_bar = False
-        cfg.trainer.enable_checkpointing = False
-    with tempfile.TemporaryDirectory(prefix="dnnkit-bench-") as tmp:
-        result = fit_stage(name, cfg, int(cfg.get("seed", 0)), Path(tmp), {})
-    return EpochTimer.last.epoch_seconds, EpochTimer.last.epoch_cpu_seconds, result.fit_seconds
-
-
-def time_raw(cfg: DictConfig, epochs: int) -> tuple[list[float], list[float], float]:
-    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    dm.setup("fit")
-    model = instantiate(cfg.model, _convert_="all")
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    start = time.perf_counter()
-    wall, cpu = raw_fit(model, optimizer, dm.split("train"), dm.split("val"), epochs, dm.batch_size, dm.eval_batch_size, dm.seed)
-    return wall, cpu, time.perf_counter() - start
-
-
-def time_floor(cfg: DictConfig, epochs: int) -> tuple[list[float], list[float], float]:
-    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    module = MinimalLightning(instantiate(cfg.model, _convert_="all"), instantiate(cfg.optimizer))
-    timer = EpochTimer()
-    trainer = L.Trainer(
-        max_epochs=epochs, callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    return timer.epoch_seconds, timer.epoch_cpu_seconds, time.perf_counter() - start
-
-
-def time_lightning(cfg: DictConfig, epochs: int, num_workers: int = 0) -> tuple[list[float], list[float], float]:
-    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    dm = instantiate(cfg.data, _convert_="all")
-    train_idx, val_idx = dnnkit_split_indices(dm)
-    train, val = torchvision_loaders(dm.name, train_idx, val_idx, dm.batch_size, dm.eval_batch_size, dm.classes, num_workers)
-    module = PlainLightning(instantiate(cfg.model, _convert_="all"), instantiate(cfg.optimizer))
-    timer = EpochTimer()
-    with tempfile.TemporaryDirectory(prefix="lightning-bench-") as tmp:
-        trainer = L.Trainer(max_epochs=epochs, callbacks=[timer], default_root_dir=tmp)
-        start = time.perf_counter()
-        trainer.fit(module, train, val)
-        fit_seconds = time.perf_counter() - start
-    return timer.epoch_seconds, timer.epoch_cpu_seconds, fit_seconds
 
 
 def run(cfg: DictConfig, name: str, contenders, rounds: int, epochs: int, num_workers: int = 0) -> dict[str, dict]:
@@ -131,16 +52,7 @@ def run(cfg: DictConfig, name: str, contenders, rounds: int, epochs: int, num_wo
     for r in range(rounds):
         order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
         for c in order:
-            if c == "dnnkit":
-                seconds, cpu, fit = time_dnnkit(name, cfg, epochs)
-            elif c == "dnnkit-bare":
-                seconds, cpu, fit = time_dnnkit(name, cfg, epochs, bare=True)
-            elif c == "raw":
-                seconds, cpu, fit = time_raw(cfg, epochs)
-            elif c == "floor":
-                seconds, cpu, fit = time_floor(cfg, epochs)
-            else:
-                seconds, cpu, fit = time_lightning(cfg, epochs, num_workers)
+            seconds, cpu, fit, _ = fit_contender(c, name, cfg, epochs, num_workers)
             times[c]["epochs"] += seconds[1:]
             times[c]["cpu"] += cpu[1:]
             times[c]["rounds"].append(median(seconds[1:]))
@@ -158,10 +70,9 @@ def report(times: dict[str, dict], recipe: str, stage: str, command: str, load: 
     wall = {c: median(t["epochs"]) for c, t in times.items()}
     cpu = {c: median(t["cpu"]) for c, t in times.items()}
     lines = [
-        f"### Speed: `{recipe}` network (stage `{stage}`)",
-        "",
         f"Command: `{command}`  ",
-        f"Machine: {device_summary()}, load average {load[0][0]:.1f} at start, {load[1][0]:.1f} at end. "
+        f"Network: `{recipe}`, stage `{stage}`. Machine: {device_summary()}, "
+        f"load average {load[0][0]:.1f} at start, {load[1][0]:.1f} at end. "
         "On a shared CPU wall-clock times wait for a free core; CPU seconds (this process's "
         "`time.process_time`) count only work done, so their ratios are the steadier ones.",
         "",
@@ -188,7 +99,7 @@ def report(times: dict[str, dict], recipe: str, stage: str, command: str, load: 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    row("dnnkit", "raw", lambda r: ", ".join(f"<= {g:.2f} ({i}): {verdict(r <= g)}" for i, g in GOALS_VS_RAW.items()))
+    row("dnnkit", "raw", lambda r: ", ".join(f"<= {g:.2f}: {verdict(r <= g)}" for g in GOALS_VS_RAW))
     row("dnnkit-bare", "raw", "")
     row("floor", "raw", "(Lightning's own loop, nothing switched on)")
     row("lightning", "dnnkit", lambda r: f">= {GOAL_VS_LIGHTNING:.0f} (dnnkit that many times faster): {verdict(r >= GOAL_VS_LIGHTNING)}")
@@ -197,34 +108,16 @@ def report(times: dict[str, dict], recipe: str, stage: str, command: str, load: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="mnist_bn")
-    p.add_argument("--stage", default=None, help="a stage of the recipe (default: the first)")
+    p = contender_parser("python -m bench.speed", __doc__.split("\n\n")[0], list(CONTENDERS))
     p.add_argument("--rounds", type=int, default=3, help="fits per contender, alternated")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per fit; the first is a warm-up")
-    p.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the plain-Lightning baseline")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own); 1 avoids OpenMP spin-waits on a shared CPU")
-    p.add_argument("--out", default="docs/results/speed.md", help="write the markdown section here ('' = don't)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.batch_size=100")
     args = p.parse_args(argv)
-    if args.epochs < 2 or args.rounds < 1:
-        p.error("--epochs must be >= 2 (one warm-up) and --rounds >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("dnnkit").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    name, cfg = stage_config(args.recipe, args.stage, args.overrides)
-    command = "python -m bench.speed" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    target, name, cfg = contender_setup(p, args, "speed")
     load_start = os.getloadavg()
     times = run(cfg, name, list(args.only), args.rounds, args.epochs, args.workers)
-    text = report(times, args.recipe, name, command, (load_start, os.getloadavg()))
-    print("\n" + text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    text = report(times, args.recipe, name, command_line("python -m bench.speed", argv), (load_start, os.getloadavg()))
+    publish("speed", text, target)
     return 0
 
 

@@ -1,22 +1,38 @@
-"""Smoke test of the benchmarks on the small fake data set (the timings themselves are not tested)."""
+"""Smoke tests of ``python -m bench.speed`` on the small fake data set (the timings themselves
+are not tested, only that the table has its rows and its figures are finite, and positive where
+rounding cannot make them 0)."""
 
 import pytest
 
-from bench import cost, speed
+from bench import speed
+from tests.bench.sections import outside, positive, seconds, section, table
+
+ROWS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning")
+RATIOS = ("dnnkit / raw", "dnnkit-bare / raw", "floor / raw", "lightning / dnnkit", "lightning / raw")
+
+
+def timings(row: list[str]) -> bool:
+    """A loop's row: s/epoch, epochs/s, CPU s/epoch, timed epochs (min-max), fit seconds."""
+    wall, per_second, cpu, epochs, fit = row
+    return seconds(wall) and positive(per_second) and seconds(cpu) and positive(epochs) and seconds(fit)
+
+
+def test_speed_bench_times_the_raw_loop_into_its_section(fake_data, results, capsys):
+    before = results.read_text()
+    assert speed.main(["--rounds", "1", "--epochs", "2", "--only", "raw", "--results", str(results), "data.val_size=200"]) == 0
+    text = section(results, "speed")
+    rows = table(text, "loop")
+    assert list(rows) == ["raw"] and timings(rows["raw"])
+    assert "Command: `python -m bench.speed --rounds 1" in text and "| loop |" in capsys.readouterr().out
+    assert outside(results.read_text(), "speed") == outside(before, "speed")  # nothing else in the file changed
 
 
 @pytest.mark.slow
-def test_speed_bench_runs_every_contender_and_reports_the_ratios(fake_data, tmp_path):
-    out = tmp_path / "speed.md"
-    assert speed.main(["--rounds", "1", "--epochs", "2", "--threads", "1", "--out", str(out), "data.val_size=200"]) == 0
-    text = out.read_text()
-    for row in ("| dnnkit |", "| dnnkit-bare |", "| raw |", "| floor |", "| lightning |", "| dnnkit / raw |", "| floor / raw |", "| lightning / dnnkit |"):
-        assert row in text
-
-
-@pytest.mark.slow
-def test_cost_of_a_recipe_run(fake_data, tmp_path):
-    result = cost.measure_recipe("mnist_fast", ["trainer.max_epochs=1", "data.val_size=200"], runs=tmp_path)
-    assert result["returncode"] == 0, open(result["log"]).read()[-2000:]
-    assert result["peak_rss_mib"] > 0 and result["cpu_s"] > 0
-    assert 0.0 <= result["stages"][0]["metrics"]["test/acc"] <= 1.0
+def test_speed_bench_runs_every_contender_and_reports_the_ratios(fake_data, results):
+    assert speed.main(["--rounds", "1", "--epochs", "2", "--threads", "1", "--results", str(results), "data.val_size=200"]) == 0
+    text = section(results, "speed")
+    rows, ratios = table(text, "loop"), table(text, "ratio")
+    assert list(rows) == list(ROWS) and list(ratios) == list(RATIOS)
+    assert all(timings(row) for row in rows.values())
+    assert all(positive(c) for row in ratios.values() for c in row[:3])
+    assert "met" in ratios["dnnkit / raw"][3] and "met" in ratios["lightning / dnnkit"][3]
