@@ -98,10 +98,15 @@ class Schedule:
 class PiecewiseConstant(Schedule):
     """``values[i]`` while ``t < boundaries[i]``, ``values[-1]`` after the last boundary.
 
+    It switches to ``values[i + 1]`` at ``t = boundaries[i]``, as the book's
+    ``piecewise_constant_fn(epoch)`` does (``0.01 if epoch < 5``, ...). TF's and Keras's
+    ``PiecewiseConstantDecay`` keep ``values[i]`` while ``step <= boundaries[i]``, so they
+    switch one step (or epoch) later; add 1 to every boundary to get their switching points.
+
     Example::
 
         >>> sched = PiecewiseConstant(boundaries=[5, 15], values=[0.01, 0.005, 0.001])
-        >>> [sched(t, lr0=0.01) for t in (0, 4, 5, 14, 15, 99)]
+        >>> [sched(t, lr0=0.01) for t in (0, 4, 5, 14, 15, 99)]  # Keras: 0.01 at t = 5, 0.005 at 15
         [0.01, 0.01, 0.005, 0.005, 0.001, 0.001]
     """
 

@@ -16,8 +16,13 @@ Merging rules: dicts merge key by key, except that a dict with a different ``_ta
 replaces the base's whole (switching ``optimizer`` from SGD to Adam drops SGD's ``momentum``);
 a string under a config-group key names that group's option (``optimizer: adam`` loads
 ``conf/optimizer/adam.yaml``); a callback the base does not have, given without ``_target_``
-(``callbacks: {layer_freezing: {trainable: output}}``), is that option of ``conf/callbacks/``
-with these values. Setting a stage (or a callback) to ``null`` removes it.
+(``callbacks: {layer_freezing: {frozen: null, trainable: output}}``), is that option of
+``conf/callbacks/`` with these values. A dict with ``_option_: NAME`` is another option with
+these values: under a config-group key it replaces the base's entry by ``conf/<group>/NAME.yaml``
+merged with the other keys (``optimizer: {_option_: momentum, lr: 0.05}``, ``data: {_option_:
+auxiliary, batch_size: 128}``), under ``callbacks`` by the entry of ``conf/callbacks/NAME.yaml``.
+Setting a stage (or a callback) to ``null`` removes it. An option file may extend others of its
+group with a Hydra defaults list (``defaults: [default, _self_]``), here as under Hydra.
 
 ``reuse`` may also reshape the model before copying (:func:`dnnkit.nn.surgery.restack`):
 ``reuse: {from: A, drop: "hidden[45]|output", add: [20]}`` builds the stage's model (by default
@@ -57,12 +62,29 @@ if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
 
 
+OPTION = "_option_"  # a stage's dict naming the option it is a diff of (see the module docstring)
+
+
 def group_option(group: str, option: str) -> dict:
-    """The content of ``conf/<group>/<option>.yaml`` as a plain dict."""
+    """The content of ``conf/<group>/<option>.yaml`` as a plain dict, its defaults list composed
+    as Hydra composes it (options of the same group, then ``_self_``; ``_self_`` last if absent)."""
     folder = config_dir() / group
     options = sorted(p.stem for p in folder.glob("*.yaml"))
     choose(f"{group} option", option, options)
-    return OmegaConf.to_container(OmegaConf.load(folder / f"{option}.yaml"), resolve=False) or {}
+    content = OmegaConf.to_container(OmegaConf.load(folder / f"{option}.yaml"), resolve=False) or {}
+    defaults = content.pop("defaults", None) or []
+    if "_self_" not in defaults:
+        defaults = [*defaults, "_self_"]
+    composed = OmegaConf.create()
+    for entry in defaults:
+        if entry != "_self_" and not (isinstance(entry, str) and "/" not in entry and ":" not in entry):
+            raise DnnkitError(
+                f"conf/{group}/{option}.yaml: a stage can only compose defaults naming options of the same "
+                f"group (such as `- default`) and `_self_`, got {entry!r}"
+            )
+        part = content if entry == "_self_" else group_option(group, entry)
+        composed = OmegaConf.merge(composed, part)  # Hydra's merge: key by key, even across _target_s
+    return OmegaConf.to_container(composed, resolve=False)
 
 
 def callback_option(name: str) -> dict | None:
@@ -72,11 +94,30 @@ def callback_option(name: str) -> dict | None:
     return group_option("callbacks", name).get(name)
 
 
+def _named_option(key: str | None, parent: str | None, name) -> dict:
+    """The option a stage's ``{_option_: name, ...}`` under ``key`` starts from."""
+    if key in GROUPS and parent is None:
+        return group_option(key, name)
+    if parent == "callbacks":
+        found = callback_option(name) if isinstance(name, str) else None
+        if found is None:
+            options = sorted(p.stem for p in (config_dir() / "callbacks").glob("*.yaml") if callback_option(p.stem))
+            raise DnnkitError(f"callbacks.{key}: unknown callbacks option {name!r}; valid: {', '.join(options)}")
+        return found
+    raise DnnkitError(
+        f"{OPTION} names an option of a config group ({', '.join(GROUPS)}) or of callbacks; "
+        f"{key!r} is neither (got {OPTION}: {name!r})"
+    )
+
+
 def merge(base, over, key: str | None = None, parent: str | None = None):
     """Merge ``over`` into ``base`` by the rules in the module docstring (plain containers)."""
     if isinstance(over, str) and key in GROUPS and parent is None:
         return group_option(key, over)
-    if isinstance(over, dict) and base is None and parent == "callbacks" and "_target_" not in over:
+    if isinstance(over, dict) and OPTION in over:
+        base = _named_option(key, parent, over[OPTION])
+        over = {k: v for k, v in over.items() if k != OPTION}
+    elif isinstance(over, dict) and base is None and parent == "callbacks" and "_target_" not in over:
         base = callback_option(key)
     if isinstance(over, dict) and isinstance(base, dict) and over.get("_target_", base.get("_target_")) == base.get("_target_"):
         merged = dict(base)

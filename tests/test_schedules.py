@@ -163,3 +163,30 @@ def test_recipe_runner_with_a_scheduler_and_performance_scheduling(fake_data, tm
     # logged at the end of the 2nd epoch, after Lightning stepped the scheduler: the next epoch's rate
     assert result.metrics["lr"] == pytest.approx(0.001 * 0.1**2, rel=1e-6)
     assert result.metrics["lr/reductions"] == 0
+
+
+def book_piecewise_constant_fn(epoch):
+    """Hands-On ML, ch. 11: the book's piecewise constant schedule."""
+    if epoch < 5:
+        return 0.01
+    elif epoch < 15:
+        return 0.005
+    else:
+        return 0.001
+
+
+def keras_piecewise_constant_decay(step, boundaries, values):
+    """Keras 3's PiecewiseConstantDecay: values[0] while step <= boundaries[0], ..., values[-1] after."""
+    for boundary, value in zip(boundaries, values):
+        if step <= boundary:
+            return value
+    return values[-1]
+
+
+def test_piecewise_constant_switches_as_the_book_one_step_before_keras():
+    ours = PiecewiseConstant([5, 15], [0.01, 0.005, 0.001])
+    ts = range(30)
+    assert [ours(t, lr0=0.01) for t in ts] == [book_piecewise_constant_fn(t) for t in ts]
+    assert (ours(5, lr0=0.01), keras_piecewise_constant_decay(5, [5, 15], [0.01, 0.005, 0.001])) == (0.005, 0.01)
+    shifted = PiecewiseConstant([6, 16], [0.01, 0.005, 0.001])  # every boundary + 1: Keras's switching points
+    assert [shifted(t, lr0=0.01) for t in ts] == [keras_piecewise_constant_decay(t, [5, 15], [0.01, 0.005, 0.001]) for t in ts]

@@ -5,8 +5,11 @@ callback that works on any LightningModule and with any optimizer, including par
 added after training started (unfreezing adds them; Lightning issue 8720 reports PyTorch's
 ``ReduceLROnPlateau`` failing there, since it fixes the number of groups when built).
 
-Counting follows Keras: the rate is cut after ``patience`` evaluations in a row without
-improvement (PyTorch's ``ReduceLROnPlateau`` waits for ``patience + 1``).
+Patience counts as in Keras: the rate is cut after ``patience`` evaluations in a row without
+improvement (PyTorch's ``ReduceLROnPlateau`` waits for ``patience + 1``). Cooldown counts as in
+PyTorch: the ``cooldown`` evaluations after a cut are not counted as bad, so the next cut comes
+``cooldown + patience`` evaluations later at the earliest. Keras's ``cooldown=c`` leaves only
+``c - 1`` evaluations uncounted (for c >= 1: it counts down before it checks).
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ class Plateau:
         >>> p = Plateau(mode="min", patience=2)
         >>> [p.update(v) for v in [1.0, 0.9, 0.95, 0.92, 0.91, 0.93]]
         [False, False, False, True, False, True]
+        >>> p = Plateau(mode="min", patience=2, cooldown=2)  # 2 uncounted, then 2 bad: 4 after a cut
+        >>> [p.update(1.0) for _ in range(8)]
+        [False, False, True, False, False, False, True, False]
     """
 
-    def __init__(self, mode: str = "min", patience: int = 5, threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0) -> None:
+    def __init__(
+        self, mode: str = "min", patience: int = 5, threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0
+    ) -> None:
         self.mode = choose("mode", mode, ["min", "max"])
         self.threshold_mode = choose("threshold_mode", threshold_mode, ["rel", "abs"])
         number("patience", patience, 1, integer=True)
@@ -99,7 +107,8 @@ class PerformanceScheduling(L.Callback):
         patience: evaluations without improvement before a cut.
         threshold: improvement smaller than this does not count (relative to the best
             value with ``threshold_mode="rel"``, absolute with ``"abs"``).
-        cooldown: evaluations after a cut during which no counting happens.
+        cooldown: evaluations after a cut that are not counted as bad (PyTorch's meaning; Keras's
+            ``cooldown=c`` skips ``c - 1``). An improvement during them still sets a new best.
         min_lr: no group's rate is cut below this.
 
     Example::

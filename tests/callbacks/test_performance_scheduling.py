@@ -19,6 +19,7 @@ from dnnkit.runner import close_process_group
 
 # the monitored value after each epoch's validation; best 0.7 at epoch 2, then flat until 0.6
 SCRIPT = [1.0, 0.8, 0.7, 0.7, 0.75, 0.71, 0.6, 0.65, 0.65, 0.65, 0.6, 0.6]
+EPOCHS = len(SCRIPT)
 LR = 0.1
 
 
@@ -55,7 +56,7 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
 
 
-def fit(callbacks, tmp_path, epochs=len(SCRIPT), ckpt_path=None, checkpointing=False, module=None) -> L.Trainer:
+def fit(callbacks, tmp_path, epochs=EPOCHS, ckpt_path=None, checkpointing=False, module=None) -> L.Trainer:
     trainer = L.Trainer(
         max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=checkpointing, default_root_dir=tmp_path, accelerator="cpu", num_sanity_val_steps=1,
@@ -166,3 +167,46 @@ def test_ddp_ranks_take_the_same_decision(tmp_path):
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1  # rank 1's own metric never stalls, yet it cuts with rank 0
     assert [rank0[str(e)][0] for e in range(len(SCRIPT))] == [LR] * 6 + [LR / 2] * 4 + [LR / 4] * 2
+
+
+def torch_cuts(values, patience, cooldown):
+    """The evaluations (1-based) at which PyTorch's ReduceLROnPlateau cuts."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=patience, cooldown=cooldown, factor=0.5)
+    cuts = []
+    for i, v in enumerate(values, 1):
+        lr = opt.param_groups[0]["lr"]
+        sched.step(v)
+        if opt.param_groups[0]["lr"] < lr:
+            cuts.append(i)
+    return cuts
+
+
+def keras_cuts(values, patience, cooldown):
+    """Keras 3's ReduceLROnPlateau.on_epoch_end counting, written out (min_delta 0, mode min)."""
+    best, wait, counter, cuts = float("inf"), 0, 0, []
+    for i, v in enumerate(values, 1):
+        if counter > 0:
+            counter, wait = counter - 1, 0
+        if v < best:
+            best, wait = v, 0
+        elif counter == 0:
+            wait += 1
+            if wait >= patience:
+                cuts.append(i)
+                counter, wait = cooldown, 0
+    return cuts
+
+
+@pytest.mark.parametrize("cooldown", [0, 1, 2, 3])
+def test_cooldown_skips_c_evaluations_as_pytorch_does(cooldown):
+    """dnnkit's patience is Keras's (PyTorch's patience + 1), its cooldown PyTorch's: c uncounted."""
+    values = [1.0, 0.9] + [0.9] * 20 + [0.5] + [0.5] * 10
+    p = Plateau(mode="min", patience=3, threshold=0.0, cooldown=cooldown)
+    ours = [i for i, v in enumerate(values, 1) if p.update(v)]
+    assert ours == torch_cuts(values, patience=2, cooldown=cooldown)
+    assert ours[1] - ours[0] == cooldown + 3  # the first cut at evaluation 5, then c uncounted + 3 bad
+    if cooldown:  # Keras's cooldown=c leaves c - 1 uncounted, so it cuts one evaluation sooner
+        assert keras_cuts(values, patience=3, cooldown=cooldown)[:2] == [ours[0], ours[1] - 1]
+    else:
+        assert keras_cuts(values, patience=3, cooldown=0) == ours
