@@ -17,7 +17,7 @@ def test_transfer_recipe_runs_and_unfreezes(fake_data, tmp_path, capsys):
     results = run_recipe(cfg, tmp_path / "run")
     assert [(r.stage, r.seed) for r in results] == [("A", 42), ("B_scratch", 0), ("B_scratch", 1), ("B_on_A", 0), ("B_on_A", 1)]
     out = capsys.readouterr().out
-    assert "epoch 1: unfroze model.hidden1" in out and "transfer: results" in out
+    assert "epoch 2: unfroze model.hidden1" in out and "transfer: results" in out
     table = (tmp_path / "run" / "results.md").read_text()
     assert "| B_on_A | 2 |" in table and "test/acc 0.9940" in table
 

@@ -18,6 +18,7 @@ holds the hooks, the sampling and the history. Which layers and which activation
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +47,8 @@ from dnnkit.nn.health import (
     update_ratios,
 )
 from dnnkit.plots import save_health_plot
+
+log = logging.getLogger(__name__)
 
 __all__ = [  # the helpers stay importable from here, where they lived before dnnkit.nn.health
     "REMEDIES",
@@ -211,7 +214,7 @@ class GradientHealth(L.Callback):
         if self.plot and self.history:
             save_health_plot(self.history, folder / "gradient_health.png", self.findings)
         if self.verbose:
-            print(summary(self.history, self.findings, self.every_n_steps))
+            log.info("%s", summary(self.history, self.findings, self.every_n_steps))  # rank 0 only (_report)
 
     @override
     def state_dict(self) -> dict:

@@ -8,6 +8,13 @@ A thin callback over :mod:`dnnkit.nn.freeze`, modelled on Lightning's ``BaseFine
 - at ``unfreeze_at_epoch`` the frozen layers (or those matching ``unfreeze``) become trainable
   and their parameters join the first optimizer as a **new param group** with ``unfreeze_lr``;
   the existing groups, their LRs and their optimizer state (momentum, Adam moments) are kept;
+- a ``configure_optimizers`` over ``self.parameters()`` (the common case in users' modules) has
+  put the frozen parameters in a group already: with ``unfreeze_lr`` they are moved out of it
+  into a new group with that group's settings and ``unfreeze_lr`` (their optimizer state, kept
+  per parameter, goes with them), or, for an optimizer whose groups cannot be split safely
+  (LBFGS, one with its own ``step``), the fit stops with one line saying what to do; without
+  ``unfreeze_lr`` they keep their group's LR. The message says which happened
+  (:func:`dnnkit.nn.freeze.add_to_optimizer`);
 - ``state_dict`` records whether the unfreeze happened, so a run resumed with ``ckpt_path``
   after it rebuilds the param group before Lightning restores the optimizer state.
 
@@ -16,6 +23,10 @@ its running statistics, dropout is off. The unfreeze decision depends only on th
 number, so every DDP rank takes it at the same step; but DDP only synchronises parameters that
 required gradients when it wrapped the model, so under DDP unfreezing mid-fit is not supported
 (a limitation Lightning's ``BaseFinetuning`` shares); freezing for the whole fit is.
+
+Epochs in the messages are counted from 1, as :class:`~dnnkit.callbacks.EpochSummary` counts
+them: ``unfreeze_at_epoch=4`` (0-based, as Lightning's ``current_epoch``) unfreezes at the start
+of the fifth epoch, printed ``epoch 5: unfroze ...`` just before the ``epoch 5/20`` line.
 
 With ``cache=True`` (the default) the recipe runner computes the outputs of frozen layers that
 form the bottom of the network once and trains the rest on them (:meth:`cached_datamodule`,
@@ -29,11 +40,24 @@ import logging
 import warnings
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from dnnkit.data.feature_cache import CachedDataModule
 from dnnkit.errors import DnnkitError, number
-from dnnkit.nn.freeze import NotABottom, describe, freeze, frozen_bottom, resolve, skip, unfreeze, unskip
+from dnnkit.nn.freeze import (
+    CannotSplit,
+    NotABottom,
+    add_to_optimizer,
+    describe,
+    freeze,
+    frozen_bottom,
+    resolve,
+    skip,
+    unfreeze,
+    unskip,
+)
 from dnnkit.nn.select import compile_pattern, match_name
 
 log = logging.getLogger(__name__)
@@ -47,11 +71,12 @@ class LayerFreezing(L.Callback):
             :func:`dnnkit.nn.select_layers` against the LightningModule's module names.
         trainable: the other form: regex of the layers that train, all others are frozen
             (``"hidden[34]|output"``). Give exactly one of the two.
-        unfreeze_at_epoch: 0-based epoch at whose start the frozen layers become trainable;
-            ``None`` keeps them frozen.
+        unfreeze_at_epoch: 0-based epoch at whose start the frozen layers become trainable
+            (``4``: the fifth epoch, printed as ``epoch 5``); ``None`` keeps them frozen.
         unfreeze: regex choosing which frozen layers to unfreeze (default: all of them).
-        unfreeze_lr: learning rate of the new param group (default: the first group's LR at
-            that moment).
+        unfreeze_lr: learning rate of the unfrozen parameters, in a param group of their own
+            (default: a new group takes the first group's LR at that moment; parameters that
+            ``configure_optimizers`` put in a group already keep that group's LR).
         cache: let the recipe runner cache the outputs of a frozen bottom (only applies
             without ``unfreeze_at_epoch``).
         verbose: print the frozen and trainable layers at fit start and at the unfreeze.
@@ -132,6 +157,7 @@ class LayerFreezing(L.Callback):
 
     # ------------------------------------------------------------------ hooks
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -142,6 +168,7 @@ class LayerFreezing(L.Callback):
         # pinning the frozen layers in eval mode is the point; Lightning warns about it at fit start
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._restore:  # resumed after the unfreeze: rebuild the param group before the optimizer state loads
             missing = [n for n in self._restore if n not in self.frozen_layers]
@@ -154,48 +181,45 @@ class LayerFreezing(L.Callback):
         if self.unfrozen_layers:
             when = f"; unfrozen earlier: {', '.join(self.unfrozen_layers)}"
         elif self.unfreeze_at_epoch is not None:
-            when = f"; unfrozen at epoch {self.unfreeze_at_epoch}"
+            when = f"; unfrozen at the start of epoch {self.unfreeze_at_epoch + 1}"  # 1-based, as EpochSummary counts
         self._print(f"LayerFreezing: frozen (eval mode) {describe(self.frozen_layers)}{when}; trainable {n_trainable:,} parameters")
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.unfreeze_at_epoch is not None and not self.unfrozen_layers and trainer.current_epoch >= self.unfreeze_at_epoch:
             self._unfreeze(trainer, pl_module)
 
     def _unfreeze(self, trainer: L.Trainer, pl_module: L.LightningModule, layers: dict | None = None, restoring: bool = False) -> None:
         layers = self.layers_to_unfreeze() if layers is None else layers
+        done = None
+        if trainer.optimizers:  # first: it refuses before anything changes
+            params = [p for layer in layers.values() for p in layer.parameters()]
+            schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+            try:
+                done = add_to_optimizer(trainer.optimizers[0], params, self.unfreeze_lr, schedulers)
+            except CannotSplit as refused:
+                raise self._refusal(trainer.optimizers[0], layers, refused) from None
         unfreeze(pl_module, layers)
         rewrap_ddp(trainer)
         for name in layers:
             self.frozen_layers.pop(name)
         self.unfrozen_layers = list(layers)
-        if not trainer.optimizers:
-            return
-        optimizer = trainer.optimizers[0]
-        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        params = [p for layer in layers.values() for p in layer.parameters() if id(p) not in present]
-        lr = float(self.unfreeze_lr if self.unfreeze_lr is not None else optimizer.param_groups[0]["lr"])
-        if len(params) < sum(1 for layer in layers.values() for _ in layer.parameters()):
-            log.warning(
-                "LayerFreezing: some unfrozen parameters were already in the optimizer (configure_optimizers "
-                "passed frozen parameters too); they keep their group's learning rate"
-            )
-        if params:
-            optimizer.add_param_group({"params": params, "lr": lr, "initial_lr": lr})
-            for config in trainer.lr_scheduler_configs:  # schedulers keep one base LR per group
-                scheduler = config.scheduler
-                if getattr(scheduler, "optimizer", None) is not optimizer:
-                    continue
-                if hasattr(scheduler, "base_lrs"):
-                    scheduler.base_lrs.append(lr)
-                if isinstance(getattr(scheduler, "_last_lr", None), list):
-                    scheduler._last_lr.append(lr)
-                if isinstance(getattr(scheduler, "min_lrs", None), list):  # ReduceLROnPlateau
-                    scheduler.min_lrs.append(scheduler.min_lrs[-1])
-        if not restoring:
-            self._print(
-                f"LayerFreezing: epoch {trainer.current_epoch}: unfroze {describe(layers)} "
-                f"into a new param group, lr {lr:g}"
-            )
+        if done is not None and not restoring:  # 1-based, as EpochSummary counts: the epoch its next line reports
+            sep = " " if done.startswith("into ") else ", "
+            self._print(f"LayerFreezing: epoch {trainer.current_epoch + 1}: unfroze {describe(layers)}{sep}{done}")
+
+    def _refusal(self, optimizer, layers: dict, refused: CannotSplit) -> DnnkitError:
+        at = f"unfreeze_lr={self.unfreeze_lr:g}" if self.unfreeze_lr is not None else "a param group of their own"
+        if refused.held:
+            what = f"configure_optimizers put their parameters in {type(optimizer).__name__}'s param groups already, and {refused.why}"
+        else:
+            what = refused.why
+        if isinstance(optimizer, torch.optim.LBFGS):
+            todo = "leave unfreeze_lr unset and build the optimizer over self.parameters()"
+        else:
+            todo = ("pass only trainable parameters ([p for p in self.parameters() if p.requires_grad]) to the optimizer "
+                    "in configure_optimizers, or leave unfreeze_lr unset to keep their group's rate")
+        return DnnkitError(f"LayerFreezing: cannot give the unfrozen layers {', '.join(layers)} {at}: {what}; {todo}")
 
     @rank_zero_only
     def _print(self, message: str) -> None:
@@ -204,9 +228,11 @@ class LayerFreezing(L.Callback):
 
     # ------------------------------------------------------------------ resume
 
+    @override
     def state_dict(self) -> dict:
         return {"unfrozen_layers": list(self.unfrozen_layers)}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self._restore = list(state_dict.get("unfrozen_layers", []))
 

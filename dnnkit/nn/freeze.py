@@ -86,6 +86,21 @@ def resolve(module: nn.Module, frozen: str | None = None, trainable: str | None 
     return complement(module, select_layers(module, trainable))
 
 
+def left_trainable(module: nn.Module, frozen: str | None = None, trainable: str | None = None) -> list[str]:
+    """The parameters (by qualified name) that would still train once ``frozen`` (or all but
+    ``trainable``) were frozen; ``module`` is not changed. Empty means the optimizer would get
+    an empty parameter list.
+
+    Example::
+
+        >>> from dnnkit.nn import MLP
+        >>> left_trainable(MLP(784, [8], 10), frozen="hidden1")
+        ['output.weight', 'output.bias']
+    """
+    stopped = {id(p) for layer in resolve(module, frozen, trainable).values() for p in layer.parameters()}
+    return [name for name, p in module.named_parameters() if p.requires_grad and id(p) not in stopped]
+
+
 def freeze(module: nn.Module, frozen: str | None = None, trainable: str | None = None) -> dict[str, nn.Module]:
     """Freeze the layers selected by ``frozen`` (or all but ``trainable``); return them by name.
 
@@ -182,3 +197,128 @@ def skip(layers: list[nn.Module]) -> None:
 def unskip(layers: list[nn.Module]) -> None:
     for layer in layers:
         layer.__dict__.pop("forward", None)
+
+
+# ----------------------------------------------------------------------------- unfreezing into an optimizer
+
+
+class CannotSplit(DnnkitError):
+    """``optimizer``'s param groups cannot safely take the parameters: :attr:`why` says why,
+    :attr:`held` whether the optimizer held some of them already."""
+
+    def __init__(self, why: str, held: bool) -> None:
+        super().__init__(f"cannot put parameters into a param group of their own: {why}")
+        self.why, self.held = why, held
+
+
+def split_refusal(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why ``optimizer``'s param groups cannot safely be split or added to, else ``None``.
+
+    torch's own optimizers keep their state (momentum, Adam moments, step counts) per parameter,
+    so a parameter moved to another group keeps it; LBFGS steps only its first group; an
+    optimizer with its own ``step`` may keep state per group, which a split would tear apart.
+    """
+    cls = type(optimizer)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return "torch.optim.LBFGS steps only its first param group, so no layer can have a learning rate of its own"
+    module = getattr(cls.step, "__module__", "") or ""
+    if not module.startswith("torch.optim"):
+        return (f"{cls.__module__}.{cls.__qualname__} has its own step(), which may keep state per param group "
+                "(torch.optim's optimizers keep it per parameter)")
+    return None
+
+
+def _schedulers_of(optimizer: torch.optim.Optimizer, schedulers):
+    for scheduler in schedulers:  # SequentialLR and ChainedScheduler hold others
+        yield from _schedulers_of(optimizer, getattr(scheduler, "_schedulers", None) or ())
+        if getattr(scheduler, "optimizer", None) is optimizer:
+            yield scheduler
+
+
+def _new_group_lrs(optimizer: torch.optim.Optimizer, schedulers, lr: float, like: int) -> None:
+    # LR schedulers keep one entry per param group: a base LR, and (LambdaLR) a factor function,
+    # (ReduceLROnPlateau) a minimum, (CyclicLR) a maximum; the new group takes group `like`'s
+    for scheduler in _schedulers_of(optimizer, schedulers):
+        for attr in ("base_lrs", "_last_lr"):
+            if isinstance(getattr(scheduler, attr, None), list):
+                getattr(scheduler, attr).append(lr)
+        for attr in ("lr_lambdas", "min_lrs", "max_lrs"):
+            values = getattr(scheduler, attr, None)
+            if isinstance(values, list) and values:
+                values.append(values[like])
+
+
+def add_to_optimizer(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lr: float | None = None,
+                     schedulers=()) -> str:
+    """Give ``params`` (just unfrozen) the learning rate ``lr`` in ``optimizer``, whether or not
+    the optimizer was built over them already; return what was done, in words.
+
+    Parameters the optimizer does not hold join it as one new param group at ``lr`` (default:
+    the first group's), as in Lightning's ``BaseFinetuning``. Parameters it holds already (a
+    ``configure_optimizers`` over ``self.parameters()``) move, with ``lr`` given, out of their group
+    into a new group with that group's other settings (weight decay, momentum, ...) and ``lr``; their
+    optimizer state is keyed by parameter, so it moves with them. A group holding only them takes
+    ``lr`` in place. Without ``lr`` they stay where they are. ``schedulers`` (LR schedulers over
+    ``optimizer``) get a base LR for each new group or the changed one.
+
+    Raises:
+        CannotSplit: a new group is needed and :func:`split_refusal` says it is not safe
+            (nothing has changed then).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> add_to_optimizer(opt, list(net[0].parameters()), lr=0.01)
+        'already in the optimizer: moved out of param group 0 (lr 0.1) into a new param group 1, lr 0.01'
+        >>> [g["lr"] for g in opt.param_groups], len(opt.param_groups[0]["params"])
+        ([0.1, 0.01], 2)
+    """
+    wanted = {id(p) for p in params}
+    held = [(i, [p for p in group["params"] if id(p) in wanted]) for i, group in enumerate(optimizer.param_groups)]
+    held = [(i, ps) for i, ps in held if ps]
+    known = {id(p) for _, ps in held for p in ps}
+    missing = [p for p in params if id(p) not in known]
+    new_lr = float(optimizer.param_groups[0]["lr"] if lr is None else lr)
+    splits = {i for i, ps in held if lr is not None and float(optimizer.param_groups[i]["lr"]) != new_lr
+              and len(ps) < len(optimizer.param_groups[i]["params"])}
+    if missing or splits:
+        why = split_refusal(optimizer)
+        if why is not None:
+            raise CannotSplit(why, held=bool(held))
+    done = []
+    for i, ps in held:
+        group = optimizer.param_groups[i]
+        old = float(group["lr"])
+        if lr is None or old == new_lr:
+            done.append(f"kept in param group {i}, lr {old:g}")
+        elif i not in splits:  # the group holds only them
+            group["lr"] = torch.as_tensor(new_lr).to(group["lr"]) if torch.is_tensor(group["lr"]) else new_lr
+            if "initial_lr" in group:
+                group["initial_lr"] = new_lr
+            for scheduler in _schedulers_of(optimizer, schedulers):
+                for attr in ("base_lrs", "_last_lr"):
+                    if isinstance(getattr(scheduler, attr, None), list):
+                        getattr(scheduler, attr)[i] = new_lr
+            done.append(f"param group {i} holds only them, its lr {old:g} set to {new_lr:g}")
+        else:
+            moved = {id(p) for p in ps}
+            group["params"] = [p for p in group["params"] if id(p) not in moved]
+            settings = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in group.items() if k != "params"}
+            settings["lr"] = torch.as_tensor(new_lr).to(group["lr"]) if torch.is_tensor(group["lr"]) else new_lr
+            if "initial_lr" in settings:
+                settings["initial_lr"] = new_lr
+            optimizer.add_param_group({**settings, "params": ps})
+            _new_group_lrs(optimizer, schedulers, new_lr, like=i)
+            done.append(f"moved out of param group {i} (lr {old:g}) into a new param group "
+                        f"{len(optimizer.param_groups) - 1}, lr {new_lr:g}")
+    if missing:
+        optimizer.add_param_group({"params": missing, "lr": new_lr, "initial_lr": new_lr})
+        _new_group_lrs(optimizer, schedulers, new_lr, like=0)
+        done.append(f"{'the other ' + str(len(missing)) + ' ' if held else ''}into a new param group "
+                    f"{len(optimizer.param_groups) - 1}, lr {new_lr:g}")
+    if not held:
+        return done[0] if done else "(no parameters)"
+    n_held = sum(len(ps) for _, ps in held)
+    head = "already in the optimizer" if not missing else f"{n_held} of {len(params)} already in the optimizer"
+    return f"{head}: {'; '.join(done)}"

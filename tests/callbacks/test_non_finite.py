@@ -1,5 +1,6 @@
 """NonFiniteGuard on a LightningModule that is not dnnkit's, and through the recipe runner."""
 
+import logging
 import math
 import re
 
@@ -44,10 +45,10 @@ class Tiny(L.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=8)
 
 
-def trainer(tmp_path, *callbacks, epochs=2):
+def trainer(tmp_path, *callbacks, epochs=2, **kw):
     return L.Trainer(
         max_epochs=epochs, callbacks=list(callbacks), default_root_dir=tmp_path, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **kw,
     )
 
 
@@ -191,3 +192,133 @@ def test_skip_still_checks_the_gradients_after_a_mid_epoch_resume(tmp_path):
     guard = NonFiniteGuard(action="skip")
     trainer(tmp_path, guard, last(), epochs=1).fit(module := Tiny(nan_grad_at=(5,)), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert guard.skipped == 1 and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+class BNNet(L.LightningModule):
+    """A plain classifier with batch norm; ``nan_at`` feeds a NaN batch at those steps (its forward
+    pass moves the running statistics, the optimizer step is what the guard drops)."""
+
+    def __init__(self, nan_at: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+        self.nan_at = set(nan_at)
+        self.val_acc: list[float] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step in self.nan_at:
+            x = x * float("nan")
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc.append(float((self(x).argmax(1) == y).float().mean()))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    @staticmethod
+    def loader():
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(96) % 3
+        x = torch.randn(96, 4, generator=g) + 4 * nn.functional.one_hot(y, 4).float() + 2  # three clusters, off BN's init
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+
+def test_skip_restores_batch_norm_buffers(tmp_path, capsys):
+    module = BNNet(nan_at=(3,))
+    before = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            before[trainer.global_step] = {k: v.clone() for k, v in pl_module.named_buffers()}
+
+    guard = NonFiniteGuard(action="skip")
+    t = trainer(tmp_path, Snapshot(), guard, epochs=3, enable_checkpointing=False)  # a checkpoint would refuse the NaN buffers
+    t.fit(module, BNNet.loader(), BNNet.loader())
+    assert guard.skipped == 1
+    # every buffer (running mean and variance, num_batches_tracked) as it was before the bad step
+    assert set(before[3]) == {"net.1.running_mean", "net.1.running_var", "net.1.num_batches_tracked"}
+    assert all(torch.equal(before[3][k], before[4][k]) for k in before[3])
+    assert all(torch.isfinite(b).all() for b in module.buffers())
+    assert module.net[1].num_batches_tracked == t.global_step - 1  # the skipped step's forward is not counted
+    assert module.val_acc[-1] > 0.9  # was 1/3: NaN running statistics, one class predicted
+    out = capsys.readouterr().out
+    assert "NonFiniteGuard: step 3 skipped: the loss is nan" in out
+    assert "buffer 'net.1.running_mean' non-finite (restored)" in out
+
+
+def test_skip_catches_a_buffer_made_non_finite_by_a_finite_loss(tmp_path):
+    class Masked(BNNet):  # a NaN in a branch the loss does not use: finite loss, NaN running statistics
+        def __init__(self):
+            super().__init__()
+            self.side = nn.BatchNorm1d(4)
+
+        def training_step(self, batch, batch_idx):
+            x, _ = batch
+            self.side(x * float("nan") if self.global_step == 2 else x)
+            return super().training_step(batch, batch_idx)
+
+    guard = NonFiniteGuard(action="skip")
+    trainer(tmp_path, guard, epochs=1).fit(module := Masked(), BNNet.loader())
+    assert guard.skipped == 1 and all(torch.isfinite(b).all() for b in module.buffers())
+
+
+def test_stop_names_a_non_finite_buffer(tmp_path):
+    with pytest.raises(DnnkitError, match=r"step 3 .*the loss is nan .*buffer 'net.1.running_mean' non-finite"):
+        trainer(tmp_path, NonFiniteGuard(), epochs=1).fit(BNNet(nan_at=(3,)), BNNet.loader())
+
+    class Overflow(L.Callback):  # as if step 2 had made a running variance infinite, its loss finite
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                pl_module.net[1].running_var.fill_(math.inf)
+
+    with pytest.raises(DnnkitError, match=r"diverged at step 2 .*the buffer 'net.1.running_var' of layer 'net.1' is no longer finite"):
+        trainer(tmp_path, Overflow(), NonFiniteGuard(check_weights=True), epochs=1).fit(BNNet(), BNNet.loader())
+
+
+def test_skip_without_buffers_and_stop_mode_take_no_snapshot(tmp_path):
+    guard = NonFiniteGuard(action="skip")
+    trainer(tmp_path, guard, epochs=1).fit(Tiny(nan_at=(2,)))
+    assert guard.skipped == 1 and guard._saved is None
+    stop = NonFiniteGuard()
+    trainer(tmp_path, stop, epochs=1).fit(BNNet(), BNNet.loader())
+    assert stop._saved is None
+
+
+def test_the_skip_line_is_a_warning_of_the_dnnkit_logger(tmp_path, capsys):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("dnnkit.callbacks.non_finite")
+    logger.addHandler(handler)
+    try:
+        trainer(tmp_path, NonFiniteGuard(action="skip"), epochs=1).fit(Tiny(nan_at=(2,)))
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in records] == [("WARNING", "NonFiniteGuard")]
+    assert records[0].getMessage().startswith("NonFiniteGuard: step 2 skipped: the loss is nan")
+    assert "NonFiniteGuard: step 2 skipped" in capsys.readouterr().out  # the dnnkit logger prints to stdout
+
+
+def test_skip_under_gradient_accumulation_restores_the_buffers_from_the_steps_first_batch(tmp_path):
+    class NanBatch(BNNet):  # the second of the two batches of optimizer step 1 is NaN
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self(x * float("nan") if batch_idx == 3 else x), y)
+
+    before = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            before[batch_idx] = {k: v.clone() for k, v in pl_module.named_buffers()}
+
+    guard = NonFiniteGuard(action="skip")
+    trainer(tmp_path, Snapshot(), guard, epochs=1, accumulate_grad_batches=2).fit(module := NanBatch(), BNNet.loader())
+    assert guard.skipped == 1
+    assert all(torch.equal(before[2][k], before[4][k]) for k in before[2])  # both of step 1's forward passes undone
+    assert not torch.equal(before[4]["net.1.running_mean"], before[5]["net.1.running_mean"])  # later steps move them
+    assert all(torch.isfinite(b).all() for b in module.buffers())
