@@ -34,7 +34,8 @@ from dnnkit.plots import save_curves
 from dnnkit.profiler import NullProfiler
 from dnnkit.report import print_table, save_table
 from dnnkit.results import StageResult
-from dnnkit.stages import check_config, stage_configs
+from dnnkit.preflight import preflight
+from dnnkit.stages import stage_configs
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ def resume_checkpoint(stage_dir: Path, resume: bool) -> str | None:
 
 def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
     """Build everything for one stage and seed, fit, test the best checkpoint, return results."""
-    check_config(cfg)
     L.seed_everything(seed, workers=True, verbose=False)
     cfg = OmegaConf.merge(cfg, {"seed": seed})
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -210,6 +210,7 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     run_dir = Path(run_dir)
     check_writable(run_dir)
     stages = stage_configs(cfg)
+    preflight(stages)  # every stage checked before the first one trains
     done: dict[str, list[StageResult]] = {}
     results: list[StageResult] = []
     for name, stage_cfg in stages:

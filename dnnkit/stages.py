@@ -40,7 +40,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dnnkit.errors import DnnkitError, choose, number
+from dnnkit.errors import DnnkitError, choose
 
 CONFIG_DIR_SOURCE = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_DIR_INSTALLED = Path(__file__).resolve().parent / "conf"
@@ -185,12 +185,3 @@ def check_reuse_source(name: str, reuse, earlier: list[str]) -> None:
         "nor a checkpoint file (.ckpt, .pt, .pth)"
     )
 
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any training on values that would only fail (or silently misbehave) later."""
-    lr = OmegaConf.select(cfg, "optimizer.lr")
-    if lr is not None:
-        number("optimizer.lr", lr, 0, low_open=True)
-    epochs = OmegaConf.select(cfg, "trainer.max_epochs")
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < -1 or epochs == 0):
-        raise DnnkitError(f"trainer.max_epochs must be a positive integer (or -1), got {epochs!r}")

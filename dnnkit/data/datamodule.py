@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from dnnkit.data.discovery import DATASETS, find_dataset
+from dnnkit.data.discovery import DATASETS, check_files, find_dataset
 from dnnkit.data.idx import read_idx
 from dnnkit.data.loader import TensorLoader
 from dnnkit.errors import DnnkitError, choose, number
@@ -18,22 +20,37 @@ log = logging.getLogger(__name__)
 
 # pixel mean/std of each training set scaled to [0, 1] (checked in shared/datasets/README.md)
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+SEED_LIMIT = 2**32  # numpy's and Lightning's seeds are unsigned 32-bit
+
+
+def read_checked(path: Path, dims: int) -> torch.Tensor:
+    """:func:`~dnnkit.data.idx.read_idx`, with a corrupt gzip stream (zlib's own error) named too."""
+    try:
+        return read_idx(path, expect_dims=dims)
+    except zlib.error as err:
+        raise DnnkitError(f"cannot read IDX file {path}: its gzip data is corrupt ({err}); copy or download the file again") from None
+
+
+def read_labels(name: str, path: Path) -> torch.Tensor:
+    """The labels in ``path`` as int64, each checked to be one of ``name``'s classes."""
+    labels = read_checked(path, 1).long()
+    n_classes = len(DATASETS[name].classes)
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes:
+        bad = labels[(labels < 0) | (labels >= n_classes)][0].item()
+        raise DnnkitError(f"{path} holds label {bad}; {name} labels are 0..{n_classes - 1}")
+    return labels
 
 
 @functools.lru_cache(maxsize=4)
 def load_arrays(name: str, root: str | None = None, download: bool = True) -> dict[str, torch.Tensor]:
     """The four tensors of dataset ``name``, read once per process (stages share them)."""
     files = find_dataset(name, root, download)
-    arrays = {key: read_idx(path, expect_dims=3 if key.endswith("images") else 1) for key, path in files.items()}
-    for split in ("train", "test"):
+    check_files(name, files)  # the headers agree and the files are one set's, before 47 MB are read
+    arrays = {key: read_labels(name, path) if key.endswith("labels") else read_checked(path, 3) for key, path in files.items()}
+    for split in ("train", "test"):  # the headers said so; the payloads agree (read_idx checks their lengths)
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise DnnkitError(f"{files[split + '_images']} holds {n_img} images but {files[split + '_labels']} {n_lab} labels")
-        labels = arrays[f"{split}_labels"] = arrays[f"{split}_labels"].long()
-        n_classes = len(DATASETS[name].classes)
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < n_classes:
-            bad = labels[(labels < 0) | (labels >= n_classes)][0].item()
-            raise DnnkitError(f"{files[split + '_labels']} holds label {bad}; {name} labels are 0..{n_classes - 1}")
     log.info("%s: reading %s", name, files["train_images"].parent)
     return arrays
 
@@ -44,7 +61,7 @@ def split_indices(
     """Deterministic (train, val) indices: the first ``val_size`` of a seeded shuffle (or, with
     ``val_split="first"``, of the file, as TF's ``read_data_sets`` did) for validation, then at
     most ``n_per_class`` per class from the rest for training."""
-    if not isinstance(val_size, int) or not 0 <= val_size < len(labels):
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 <= val_size < len(labels):
         raise DnnkitError(f"val_size must be an integer in [0, {len(labels)}), got {val_size!r}")
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     if choose("val_split", val_split, ["random", "first"]) == "first":
@@ -53,17 +70,23 @@ def split_indices(
         perm = torch.cat([torch.arange(val_size), perm[~first[perm]]])
     val, train = perm[:val_size], perm[val_size:]
     if n_per_class is not None:
-        if not isinstance(n_per_class, int) or n_per_class <= 0:
+        if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class <= 0:
             raise DnnkitError(f"n_per_class must be a positive integer or null, got {n_per_class!r}")
+        # per class, its first n_per_class in `train`'s order: one stable sort instead of a mask per
+        # class (each torch op costs ~10 ms on 2 busy cores, whatever its size)
+        classes = torch.bincount(labels)
+        in_train = labels[train]
+        counts = torch.bincount(in_train, minlength=len(classes)).tolist()
+        by_class = train[torch.argsort(in_train, stable=True)]
+        starts = [sum(counts[:c]) for c in range(len(counts))]
         picked = []
-        for c in labels.unique().tolist():
-            of_c = train[labels[train] == c]
-            if len(of_c) < n_per_class:
+        for c in classes.nonzero().flatten().tolist():
+            if counts[c] < n_per_class:
                 raise DnnkitError(
-                    f"n_per_class={n_per_class} but class {c} has only {len(of_c)} training images "
-                    f"after the {val_size}-image validation split; use n_per_class <= {len(of_c)}"
+                    f"n_per_class={n_per_class} but class {c} has only {counts[c]} training images "
+                    f"after the {val_size}-image validation split; use n_per_class <= {counts[c]}"
                 )
-            picked.append(of_c[:n_per_class])
+            picked.append(by_class[starts[c] : starts[c] + n_per_class])
         train = torch.cat(picked)
         train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))]
     return train, val
@@ -111,6 +134,9 @@ class MNISTDataModule(L.LightningDataModule):
         choose("dataset", name, DATASETS)
         number("data.batch_size", batch_size, 1, integer=True)
         number("data.eval_batch_size", eval_batch_size, 1, integer=True)
+        number("data.val_size", val_size, 0, integer=True)
+        number("data.n_per_class", n_per_class, 1, integer=True, optional=True)
+        number("data.seed", seed, 0, SEED_LIMIT, integer=True, high_open=True)
         if classes is not None:
             ok = isinstance(classes, Sequence) and not isinstance(classes, str)
             if not ok or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 10 for c in classes) \
@@ -136,6 +162,38 @@ class MNISTDataModule(L.LightningDataModule):
         lut[torch.tensor(self.classes)] = torch.arange(len(self.classes))
         keep = lut[labels] >= 0
         return images[keep], lut[labels[keep]]
+
+    def _subset_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        if not self.classes:
+            return labels
+        lut = torch.full((10,), -1, dtype=torch.long)
+        lut[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        return lut[labels][lut[labels] >= 0]
+
+    def dataset_files(self) -> dict[str, Path]:
+        """The four IDX files this module reads, found (:func:`~dnnkit.data.discovery.find_dataset`)
+        and checked to belong together (:func:`~dnnkit.data.discovery.check_files`)."""
+        files = find_dataset(self.name, self.root, self.download)
+        check_files(self.name, files)
+        return files
+
+    def input_shape(self) -> tuple[int, ...]:
+        """``(channels, height, width)`` of one image, from the training images' header alone.
+
+        Example::
+
+            MNISTDataModule("mnist").input_shape()   # (1, 28, 28)
+        """
+        files = find_dataset(self.name, self.root, self.download)
+        shape = check_files(self.name, files)["train_images"] or list(read_checked(files["train_images"], 3).shape)
+        return (1, *shape[1:])
+
+    def train_size(self) -> int:
+        """How many training images :meth:`setup` will keep (after the validation split, the class
+        subset and ``n_per_class``), from the labels alone: no image is read, and a split the data
+        cannot give fails here as it would in :meth:`setup`."""
+        labels = self._subset_labels(read_labels(self.name, self.dataset_files()["train_labels"]))
+        return len(split_indices(labels, self.val_size, self.n_per_class, self.seed, self.val_split)[0])
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:

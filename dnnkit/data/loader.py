@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 
 
 class _EpochSampler:
@@ -58,8 +58,10 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise DnnkitError(f"batch_size must be a positive integer, got {batch_size!r}")
+        number("batch_size", batch_size, 1, integer=True)
+        number("seed", seed, 0, integer=True)
+        number("world_size", world_size, 1, integer=True)
+        number("rank", rank, 0, world_size, integer=True, high_open=True)
         if len(images) != len(labels):
             raise DnnkitError(f"{len(images)} images but {len(labels)} labels")
         self.images = images if images.dim() == 4 else images.unsqueeze(1)
@@ -72,6 +74,14 @@ class TensorLoader:
         self.batch_sampler = None  # Lightning inspects DataLoader-like attributes
         self._resume: tuple[int, int] | None = None  # (epoch, batches served) of the checkpoint we resume from
         self._served = 0
+        total = self._num_batches_total()
+        if world_size > 1 and total < world_size:  # a rank without a batch trains 0 epochs, silently
+            n = len(labels)
+            fix = f"use batch_size <= {n // world_size}" if n >= world_size else f"use at most {n} ranks"
+            raise DnnkitError(
+                f"{n} samples in batches of {batch_size} are {total} batch{'' if total == 1 else 'es'} for {world_size} "
+                f"ranks: 0 per rank; {fix}"
+            )
 
     @property
     def dataset_size(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from dnnkit.errors import DnnkitError
+from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.mlp import MLP
 
@@ -47,6 +48,12 @@ class Classifier(DnnkitModule):
         >>> net = MyNet(MLP(784, [100], 10), optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     """
 
+    #: Every key :meth:`training_step`, :meth:`validation_step` and :meth:`test_step` log (Lightning
+    #: adds ``train/loss_step`` and ``train/loss_epoch``). Monitors (``callbacks.checkpoint.monitor``)
+    #: and ``report.metrics`` are checked against it before anything trains
+    #: (:mod:`dnnkit.preflight`): a subclass that logs more keys lists them here too.
+    logged_keys: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc")
+
     def __init__(
         self,
         model: nn.Module | None = None,
@@ -60,10 +67,10 @@ class Classifier(DnnkitModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         num_classes = num_classes or getattr(self.model, "n_outputs", None)
-        if not isinstance(num_classes, int) or num_classes < 2:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise DnnkitError(f"num_classes must be an integer >= 2 (or the model must have n_outputs), got {num_classes!r}")
         self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = number("module.label_smoothing", label_smoothing, 0, 1)
         self.train_loss = MeanMetric(nan_strategy="disable")
         self._unlogged_losses: list[torch.Tensor] = []  # per-sample losses of steps not yet in train_loss
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")

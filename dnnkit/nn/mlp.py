@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError, number
-from dnnkit.nn.activations import make_activation, default_init
+from dnnkit.nn.activations import default_init, make_activation
 from dnnkit.nn.init import init_module_
 
 
@@ -94,10 +95,11 @@ class MLP(nn.Module):
         hidden = list(hidden)
         number("n_inputs", n_inputs, 1, integer=True)
         number("n_outputs", n_outputs, 1, integer=True)
-        if not hidden or any(not isinstance(h, int) or h <= 0 for h in hidden):
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden):
             raise DnnkitError(f"hidden must be a non-empty list of positive layer sizes, got {hidden!r}")
         number("dropout", dropout, 0, 1, high_open=True)
         number("bn_momentum", bn_momentum, 0, 1, low_open=True)
+        number("init_std", init_std, 0, low_open=True)
         if (batch_norm or output_batch_norm) and bn_momentum > 0.5:
             warnings.warn(
                 f"bn_momentum={bn_momentum} weights each new batch by {bn_momentum}: PyTorch convention. "
@@ -139,5 +141,6 @@ class MLP(nn.Module):
             x = layer(x)
         return x
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.features(x))

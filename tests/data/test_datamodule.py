@@ -43,6 +43,12 @@ def test_split_indices_disjoint():
         ({"classes": [4]}, "at least two distinct"),
         ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
         ({"name": "cifar"}, "unknown dataset 'cifar'; valid: fashion_mnist, mnist"),
+        # issue 14: booleans are not numbers
+        ({"n_per_class": True}, r"^data.n_per_class must be a positive integer or null, got True$"),
+        ({"val_size": True}, r"^data.val_size must be an integer >= 0, got True$"),
+        ({"batch_size": True}, r"^data.batch_size must be a positive integer, got True$"),
+        ({"seed": True}, r"^data.seed must be an integer in \[0, 4294967296\), got True$"),
+        ({"classes": [True, 2]}, r"classes=\[True, 2\] is invalid"),
     ],
 )
 def test_bad_arguments_fail_in_the_constructor(kwargs, message):
@@ -113,3 +119,32 @@ def test_a_label_outside_the_classes_names_the_file(fake_data):
     load_arrays.cache_clear()
     with pytest.raises(DnnkitError, match=r"t10k-labels-idx1-ubyte.gz holds label 12; mnist labels are 0..9"):
         MNISTDataModule("mnist").setup()
+
+
+def test_split_indices_refuses_booleans():
+    labels = torch.arange(100) % 10
+    with pytest.raises(DnnkitError, match=r"val_size must be an integer in \[0, 100\), got True"):
+        split_indices(labels, True, None, seed=0)
+    with pytest.raises(DnnkitError, match=r"n_per_class must be a positive integer or null, got True"):
+        split_indices(labels, 10, True, seed=0)
+
+
+def test_loader_refuses_fewer_batches_than_ranks():
+    """Issue 14: under DDP a rank with no batch trained 0 epochs, and the run reported success."""
+    x = torch.zeros(20, 2, 2, dtype=torch.uint8)
+    with pytest.raises(DnnkitError, match=r"^20 samples in batches of 200 are 1 batch for 2 ranks: 0 per rank; use batch_size <= 10$"):
+        TensorLoader(x, torch.arange(20), 200, shuffle=True, rank=0, world_size=2)
+    assert len(TensorLoader(x, torch.arange(20), 10, shuffle=True, rank=1, world_size=2)) == 1
+    with pytest.raises(DnnkitError, match=r"^batch_size must be a positive integer, got True$"):
+        TensorLoader(x, torch.arange(20), True)
+
+
+def test_images_and_labels_of_different_lengths_name_both_files(fake_data):
+    from dnnkit.data.idx import write_idx
+
+    write_idx(fake_data / "mnist" / "train-labels-idx1-ubyte.gz", torch.zeros(1000, dtype=torch.uint8))
+    dm = MNISTDataModule("mnist", val_size=100)
+    with pytest.raises(DnnkitError, match=r"^.*train-images-idx3-ubyte.gz holds 1200 images but .*train-labels-idx1-ubyte.gz 1000 labels: "):
+        dm.train_size()  # from the headers, before any image is read
+    with pytest.raises(DnnkitError, match=r"holds 1200 images but .*1000 labels"):
+        dm.setup()

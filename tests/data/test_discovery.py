@@ -6,6 +6,7 @@ import time
 import pytest
 
 from dnnkit.data.discovery import DatasetNotFound, find_dataset
+from dnnkit.errors import DnnkitError
 from tests.conftest import write_fake_dataset
 
 
@@ -49,11 +50,43 @@ def test_fashion_subfolder_names(no_data, monkeypatch):
 def test_not_found_lists_every_place_and_the_fixes(no_data, monkeypatch):
     monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "empty"))
     with pytest.raises(DatasetNotFound) as err:
-        find_dataset("fashion_mnist", root=no_data / "nowhere", download=False)
+        find_dataset("fashion_mnist", download=False)
     message = str(err.value)
-    for expected in ["root argument", "nowhere", "$DNNKIT_DATA_DIR", "fashion-mnist", "FashionMNIST/raw",
-                     "/usr/share/datasets/fashion-mnist", "apt-get install dataset-fashion-mnist", "To fix"]:
+    for expected in ["empty", "$DNNKIT_DATA_DIR", "fashion-mnist", "FashionMNIST/raw",
+                     "/usr/share/datasets/fashion-mnist", "apt-get install dataset-fashion-mnist", "To fix", "data.root="]:
         assert expected in message
+
+
+def test_a_given_root_is_the_only_place_looked_at(no_data, monkeypatch):
+    """Issue 14: a root without the files silently trained on $DNNKIT_DATA_DIR's data instead."""
+    write_fake_dataset(no_data / "env" / "mnist", n_train=20, n_test=10)
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "env"))
+    (no_data / "root").mkdir()
+    with pytest.raises(DatasetNotFound, match=r"^data.root='.*root' holds no mnist IDX files \(missing train-images-idx3-ubyte\[.gz\], .*\); "
+                       r"with data.root set nothing else is searched: .*or set data.root=null to search \$DNNKIT_DATA_DIR$"):
+        find_dataset("mnist", root=no_data / "root")
+    assert not (no_data / "cache").exists()  # and nothing was downloaded
+
+
+def test_a_root_may_hold_the_named_subfolder(no_data):
+    write_fake_dataset(no_data / "root" / "fashion-mnist", n_train=20, n_test=10)
+    write_fake_dataset(no_data / "root", n_train=20, n_test=10)  # MNIST, flat
+    assert find_dataset("fashion_mnist", root=no_data / "root")["train_images"].parent == no_data / "root" / "fashion-mnist"
+    assert find_dataset("mnist", root=no_data / "root")["train_images"].parent == no_data / "root"
+
+
+def test_a_directory_where_a_file_should_be_is_named(no_data, monkeypatch):
+    write_fake_dataset(no_data / "d" / "mnist", n_train=20, n_test=10)
+    (no_data / "d" / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    (no_data / "d" / "mnist" / "t10k-labels-idx1-ubyte.gz").mkdir()
+    monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
+    with pytest.raises(DnnkitError, match=r"^.*d/mnist/t10k-labels-idx1-ubyte.gz is a directory, not an IDX file; remove it or put the file t10k-labels-idx1-ubyte.gz in its place$"):
+        find_dataset("mnist", download=False)
+
+
+def test_a_path_that_cannot_be_looked_at_is_one_message(no_data):
+    with pytest.raises(DnnkitError, match=r"^data.root='y{100}\.\.\.' cannot be read: File name too long$"):
+        find_dataset("mnist", root="y" * 300)
 
 
 def test_not_found_lists_the_places_in_search_order(no_data, monkeypatch):
@@ -62,9 +95,9 @@ def test_not_found_lists_the_places_in_search_order(no_data, monkeypatch):
 
     monkeypatch.setattr("dnnkit.data.discovery._download", failing_download)
     with pytest.raises(DatasetNotFound) as err:
-        find_dataset("fashion_mnist", root=no_data / "nowhere")
+        find_dataset("fashion_mnist")
     places = str(err.value).split("Looked in:")[1].split("To fix")[0]
-    order = [places.index(s) for s in ("root argument", "$DNNKIT_DATA_DIR: not set", "Debian package", "torchvision download")]
+    order = [places.index(s) for s in ("$DNNKIT_DATA_DIR: not set", "Debian package", "torchvision download")]
     assert order == sorted(order)
     assert "<urlopen error>" in places  # the cause, not only torchvision's first line
 
