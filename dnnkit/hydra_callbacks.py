@@ -12,33 +12,107 @@ reads files rather than in-memory results, so it works as well when the jobs ran
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError
+from dnnkit.paths import check_name
 from dnnkit.results import StageResult
-from dnnkit.runner import check_writable
+from dnnkit.run_folder import check_writable
+
+log = logging.getLogger(__name__)
 
 
 class CheckOutputDir(Callback):
-    """Fail with one message (exit 2) when the run or sweep folder cannot be written, before
-    Hydra tries to write its config there (which fails with a traceback)."""
+    """Before Hydra writes anything (it would fail with a traceback, or overwrite the stored config
+    of the run being resumed), fail with one message and exit status 2 when ``name`` is not a plain
+    file name, ``resume=true`` finds nothing to resume or changed settings (:func:`check_resume`),
+    or the run or sweep folder cannot be written."""
 
-    def _check(self, folder: str) -> None:
+    @staticmethod
+    def _checked(*checks) -> None:
+        """Run ``checks``; a DnnkitError is one line on stderr and exit status 2."""
         try:
-            check_writable(Path(folder))
+            for check in checks:
+                check()
         except DnnkitError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
+    @override
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(str(config.hydra.run.dir))
+        self._checked(
+            lambda: check_name("name", OmegaConf.select(config, "name", default="train")),  # it names folders
+            lambda: check_resume(config) if config.get("resume") else None,
+            lambda: check_writable(Path(str(config.hydra.run.dir))),
+        )
 
+    @override
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(str(config.hydra.sweep.dir))
+        self._checked(
+            lambda: check_name("name", OmegaConf.select(config, "name", default="train")),
+            lambda: check_writable(Path(str(config.hydra.sweep.dir))),
+        )
+
+
+# Keys a resume may change: they do not shape what is trained (or, max_epochs, extend it).
+RESUME_MAY_CHANGE = ("resume", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                     "trainer.log_every_n_steps", "logger", "callbacks.progress_bar", "callbacks.epoch_summary")
+
+
+def flatten(tree, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": value}`` for every leaf of nested dicts (lists are leaves)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def check_resume(config: DictConfig) -> list[str]:
+    """Before Hydra rewrites ``.hydra/config.yaml``: the folder to resume holds a run, and the new
+    config differs from the stored one only in keys a resume may change (returned). Raising
+    a finished run's ``trainer.max_epochs`` is refused: its stages would not train further."""
+    run_dir = Path(str(config.hydra.run.dir))
+    stored_file = run_dir / str(config.hydra.output_subdir or ".hydra") / "config.yaml"
+    if not stored_file.is_file():
+        chosen = any(str(o).startswith("hydra.run.dir=") for o in OmegaConf.select(config, "hydra.overrides.hydra", default=[]) or [])
+        if chosen:  # killed before anything was written: nothing to lose, start there
+            log.info("resume: %s holds no earlier run; starting it there", run_dir)
+            return []
+        runs = sorted((p for p in run_dir.parent.glob("*/.hydra/config.yaml")), key=lambda p: p.stat().st_mtime)
+        latest = f"; the latest run there is {runs[-1].parent.parent}" if runs else ""
+        raise DnnkitError(
+            f"resume=true, but {str(run_dir)!r} (a new folder) holds no run to resume: pass the folder of the run "
+            f"with hydra.run.dir=...{latest}"
+        )
+    stored = flatten(OmegaConf.to_container(OmegaConf.load(stored_file), resolve=False))
+    new = flatten({k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"})
+    changed = sorted(k for k in stored.keys() | new.keys() if stored.get(k, "<unset>") != new.get(k, "<unset>"))
+    allowed = [k for k in changed if any(k == a or k.startswith(a + ".") for a in RESUME_MAY_CHANGE)]
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        shown = ", ".join(f"{k} ({stored.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})" for k in refused[:6])
+        raise DnnkitError(
+            f"resume=true with settings that shape the run changed: {shown}; a resume may change only "
+            f"{', '.join(RESUME_MAY_CHANGE[1:])}. Start a new run (another hydra.run.dir) to train with them"
+        )
+    done = sorted({str(p.parent.relative_to(run_dir)) for p in run_dir.glob("**/result.json")})
+    if "trainer.max_epochs" in allowed and done:
+        raise DnnkitError(
+            f"trainer.max_epochs changed ({stored['trainer.max_epochs']} -> {new['trainer.max_epochs']}) but {', '.join(done)} "
+            "finished already and would not train further: raise max_epochs only while stages are unfinished, or start a new run"
+        )
+    for key in allowed:
+        if key != "resume":
+            log.info("resume: %s %r -> %r", key, stored.get(key, "<unset>"), new.get(key, "<unset>"))
+    return allowed
 
 
 def job_label(overrides: list[str], varying: set[str]) -> str:
@@ -64,7 +138,7 @@ def sweep_results(sweep_dir: Path) -> list[StageResult]:
     # a key varies when its values differ or some job does not set it
     varying = {k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(jobs)}
     rows = []
-    for job, overrides, results in jobs:
+    for _job, overrides, results in jobs:
         label = job_label(overrides, varying)
         stages = {r["stage"] for r in results}
         for r in results:
@@ -77,6 +151,7 @@ def sweep_results(sweep_dir: Path) -> list[StageResult]:
 class SweepTable(Callback):
     """At the end of a multirun, print and save one table over all jobs (see module docstring)."""
 
+    @override
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from dnnkit.report import print_table, save_table
 

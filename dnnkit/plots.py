@@ -9,15 +9,20 @@ markers together with the colours.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from dnnkit.io import atomic_savefig, atomic_write_with
+
 if TYPE_CHECKING:
     from dnnkit.nn.health import Finding
     from dnnkit.results import StageResult
+
+log = logging.getLogger(__name__)
 
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "x", "*")  # 7 markers, 4 styles, 10 colours: 140 distinct lines
@@ -57,12 +62,18 @@ def series_styles(n: int, colors: list | None = None, marker: str | None = None)
 # ----------------------------------------------------------------------------- learning curves
 
 
-def save_curves(results: list[StageResult], path: Path, metric: str = "val/acc") -> Path | None:
-    """Plot ``metric`` per epoch for every stage and seed; returns the PNG path (None if no data)."""
+def save_curves(results: list[StageResult], path: Path, metric: str | None = None, metrics: list[str] | None = None) -> Path | None:
+    """Plot a metric per epoch for every stage and seed; return the PNG path, or None (and say
+    why) when no stage has per-epoch values of it. The metric is ``metric``, else the first of
+    ``metrics`` that has per-epoch values (``test/acc`` has none), else ``val/acc``, ``val/loss``
+    or ``train/loss``."""
+    candidates = [metric] if metric else [*(metrics or []), "val/acc", "val/loss", "train/loss"]
+    metric = next((m for m in candidates if any(m in h for r in results for h in r.history)), None)
+    if metric is None:
+        log.info("no curves.png: no stage logged %s per epoch", " or ".join(dict.fromkeys(candidates)))
+        return None
     curves = [(r, [(h["epoch"], h[metric]) for h in r.history if metric in h]) for r in results]
     curves = [(r, c) for r, c in curves if c]
-    if not curves:
-        return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (r, points), style in zip(curves, series_styles(len(curves), marker="o")):
@@ -74,7 +85,7 @@ def save_curves(results: list[StageResult], path: Path, metric: str = "val/acc")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -112,7 +123,7 @@ def save_grid(path: str | Path, grid: torch.Tensor, scale: int = 3) -> Path:
     plt = _pyplot()
     path = Path(path)
     big = grid.clamp(0, 1).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    plt.imsave(path, big.numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    atomic_write_with(path, lambda f: plt.imsave(f, big.numpy(), cmap="gray", vmin=0.0, vmax=1.0, format="png"))
     return path
 
 
@@ -163,6 +174,6 @@ def save_health_plot(history: list[dict], path: str | Path, findings: list[Findi
         fig.suptitle("; ".join(f"{f.problem}: {layer_list(f.layers)}" for f in findings), fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dnnkit.io import atomic_write
 from dnnkit.results import StageResult, aggregate
 
 log = logging.getLogger(__name__)
@@ -86,5 +87,5 @@ def save_table(results: list[StageResult], metrics: list[str], published: dict[s
     header, rows = table_rows(results, metrics, published)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    (run_dir / "results.md").write_text("\n".join(lines) + "\n")
-    (run_dir / "results.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+    atomic_write(run_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write(run_dir / "results.json", json.dumps([r.to_json() for r in results], indent=1))

@@ -10,9 +10,8 @@ datamodule it is given (``LayerFreezing`` caching a frozen bottom) offers it thr
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -27,14 +26,19 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from typing_extensions import override
 
+from dnnkit import interrupt
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.checkpoint_io import AtomicCheckpointIO
 from dnnkit.errors import DnnkitError, find_dnnkit_error
+from dnnkit.interrupt import StopOnSignal
 from dnnkit.nn.surgery import read_state_dict, restack, reusable_layers, reuse_layers
+from dnnkit.paths import confined
 from dnnkit.plots import save_curves
+from dnnkit.preflight import preflight
 from dnnkit.profiler import NullProfiler
 from dnnkit.report import print_table, save_table
 from dnnkit.results import StageResult
-from dnnkit.preflight import preflight
+from dnnkit.run_folder import RunLock, check_writable, finished, fitted, write_marker
 from dnnkit.stages import stage_configs
 
 log = logging.getLogger(__name__)
@@ -59,15 +63,21 @@ def instantiate(config, *args, **kwargs):
         raise ours from None
 
 
-class LogEveryEpoch(L.Callback):
-    """An epoch shorter than ``trainer.log_every_n_steps`` would log no training step (Lightning
-    warns, once per stage); log every ``num_training_batches`` steps instead, once an epoch."""
+class StageLogging(L.Callback):
+    """Logging that fits each stage: an epoch shorter than ``trainer.log_every_n_steps`` would log
+    no training step (Lightning warns, once per stage), so it logs once an epoch instead; and a
+    resumed fit tells loggers that can forget rows (:class:`dnnkit.loggers.CSVLogger`) the step
+    it restarts from, so ``metrics.csv`` keeps every finished epoch and repeats none."""
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = trainer.num_training_batches
         if isinstance(batches, int) and 0 < batches < trainer.log_every_n_steps:
             trainer.log_every_n_steps = batches
+        if trainer.ckpt_path:
+            for logger in trainer.loggers:
+                if hasattr(logger, "resumed_at"):
+                    logger.resumed_at(trainer.global_step)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -104,8 +114,31 @@ def resume_checkpoint(stage_dir: Path, resume: bool) -> str | None:
     return str(last)
 
 
-def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
-    """Build everything for one stage and seed, fit, test the best checkpoint, return results."""
+class FitTimer(L.Callback):
+    """Seconds spent in ``fit``, summed over resumes (the part saved in checkpoints)."""
+
+    def __init__(self) -> None:
+        self.before, self._start = 0.0, time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self._start
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))
+
+
+def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]):
+    """``(module, datamodule, trainer, summary, timer)`` for one stage and seed, weights reused."""
     L.seed_everything(seed, workers=True, verbose=False)
     cfg = OmegaConf.merge(cfg, {"seed": seed})
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -128,29 +161,53 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     if summary is None:
         summary = EpochSummary(verbose=False)
         callbacks.append(summary)
-    callbacks.append(LogEveryEpoch())
+    timer = FitTimer()
+    callbacks += [StageLogging(), StopOnSignal(), timer]
     logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir), **profiler)
-    ckpt_path = resume_checkpoint(stage_dir, bool(cfg.get("resume")))
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # LogEveryEpoch makes Lightning's advice moot
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fit_seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
-        best = str(stage_dir / "checkpoints" / "final.ckpt")
-        trainer.save_checkpoint(best, weights_only=True)
-    history = list(summary.history)  # testing from `best` reloads callback states: EpochSummary's history up to that epoch
-    if cfg.get("test", True) and is_overridden("test_step", module):
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
-        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
-    metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
+    plugins = [AtomicCheckpointIO()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir),
+                                     plugins=plugins, **profiler)
+    return module, datamodule, trainer, summary, timer
+
+
+def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
+    """Build everything for one stage and seed, fit, test the best checkpoint, export; return
+    the results. ``fit.json`` keeps the fit's results as soon as it ends (and again once
+    tested), so a resume after a kill during the test or the export redoes only those."""
+    module, datamodule, trainer, summary, timer = build_stage(name, cfg, seed, stage_dir, done)
+    earlier = fitted(stage_dir) if cfg.get("resume") else None
+    if earlier is None:
+        ckpt_path = resume_checkpoint(stage_dir, bool(cfg.get("resume")))
+        with warnings.catch_warnings():  # StageLogging makes Lightning's advice moot
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
+            best = str(stage_dir / "checkpoints" / "final.ckpt")
+            trainer.save_checkpoint(best, weights_only=True)
+        # testing from `best` reloads callback states: EpochSummary's history is taken first
+        result = StageResult(name, seed, stage_dir, metrics, list(summary.history), best, timer.seconds, trainer.current_epoch)
+        if trainer.is_global_zero:
+            write_marker(stage_dir / "fit.json", result, tested=False)
+        tested = False
+    else:
+        result, tested = earlier
+        log.info("stage %s seed %s: fitted earlier (%s); %s", name, seed, stage_dir / "fit.json",
+                 "exporting" if tested else "testing and exporting")
+    interrupt.check()
+    if not tested and cfg.get("test", True) and is_overridden("test_step", module):
+        out = trainer.test(module, datamodule=datamodule, ckpt_path=result.best_checkpoint, verbose=False, weights_only=True)
+        test_metrics = {k.removesuffix("_epoch"): float(v) for k, v in (out[0] if out else {}).items()}
+        result.metrics.update({k: v for k, v in test_metrics.items() if not k.endswith("_step")})
+        if trainer.is_global_zero:
+            write_marker(stage_dir / "fit.json", result, tested=True)
+    interrupt.check()
     if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
-        export_stage(module.model, cfg, datamodule, best, stage_dir, metrics)
-    return StageResult(name, seed, stage_dir, metrics, history, best, fit_seconds, trainer.current_epoch)
+        export_stage(module.model, cfg, datamodule, result.best_checkpoint, stage_dir, result.metrics)
+    return result
 
 
 def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict) -> None:
@@ -171,22 +228,8 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
         meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
         save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - an export that fails must not lose the fit
         log.warning("exporting the inference model to %s failed: %s", stage_dir, err)
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and write a probe file in it, or raise one readable error."""
-    probe = folder / f".dnnkit-write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise DnnkitError(
-            f"cannot write to the output folder {str(folder)!r} ({err.strerror or err}); "
-            "choose a writable folder with hydra.run.dir=..."
-        ) from None
 
 
 def is_global_zero() -> bool:
@@ -206,41 +249,49 @@ def close_process_group() -> None:
 
 def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     """Run every stage of ``cfg`` (each for each of its seeds) under ``run_dir``; print and
-    save the results table (``results.md``, ``results.json``) and the curves (``curves.png``)."""
+    save the results table (``results.md``, ``results.json``) and the curves (``curves.png``).
+    The folder is locked for the run (:class:`~dnnkit.run_folder.RunLock`)."""
     run_dir = Path(run_dir)
     check_writable(run_dir)
     stages = stage_configs(cfg)
     preflight(stages)  # every stage checked before the first one trains
+    with RunLock(run_dir) if is_global_zero() else contextlib.nullcontext():
+        results = run_stages(stages, run_dir)
+        if not is_global_zero():  # other DDP ranks trained the same stages; rank 0 reports
+            return results
+        published = {name: OmegaConf.to_container(c.published) for name, c in stages if c.get("published")}
+        metrics = list(cfg.get("report", {}).get("metrics", ["val/acc", "test/acc"]))
+        title = f"{cfg.get('name') or 'train'}: results"
+        print_table(results, metrics, published, title)
+        save_table(results, metrics, published, run_dir, title)
+        save_curves(results, run_dir / "curves.png", metrics=metrics)
+    return results
+
+
+def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path) -> list[StageResult]:
+    """Fit (or load, when finished earlier) every stage and seed, in order."""
     done: dict[str, list[StageResult]] = {}
     results: list[StageResult] = []
     for name, stage_cfg in stages:
         seeds = list(stage_cfg.get("seeds") or [stage_cfg.get("seed", 0)])
         for seed in seeds:
-            stage_dir = run_dir / name / (f"seed{seed}" if len(seeds) > 1 else "")
-            marker = stage_dir / "result.json"
-            if marker.is_file():
+            stage_dir = confined(run_dir / name / (f"seed{seed}" if len(seeds) > 1 else ""), run_dir, "a stage folder")
+            result = finished(stage_dir)
+            if result is not None:
                 if not stage_cfg.get("resume"):
                     raise DnnkitError(
                         f"{stage_dir} already holds a finished run; pass resume=true to reuse it, "
                         "or choose another folder with hydra.run.dir=..."
                     )
-                result = StageResult.from_json(json.loads(marker.read_text()))
-                log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, marker)
+                log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, stage_dir / "result.json")
             else:
+                interrupt.check()
                 log.info("== stage %s%s  ->  %s", name, f", seed {seed}" if len(seeds) > 1 else "", stage_dir)
                 result = fit_stage(name, stage_cfg, seed, stage_dir, done)
                 if is_global_zero():
-                    marker.write_text(json.dumps(result.to_json(), indent=1))
+                    write_marker(stage_dir / "result.json", result)
             done.setdefault(name, []).append(result)
             results.append(result)
-    published = {name: OmegaConf.to_container(c.published) for name, c in stages if c.get("published")}
-    metrics = list(cfg.get("report", {}).get("metrics", ["val/acc", "test/acc"]))
-    title = f"{cfg.get('name') or 'train'}: results"
-    if not is_global_zero():  # other DDP ranks trained the same stages; rank 0 reports
-        return results
-    print_table(results, metrics, published, title)
-    save_table(results, metrics, published, run_dir, title)
-    save_curves(results, run_dir / "curves.png", metric=metrics[0])
     return results
 
 

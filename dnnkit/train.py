@@ -21,6 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dnnkit import interrupt
 from dnnkit.console import route_to_root
 from dnnkit.errors import find_dnnkit_error
 from dnnkit.runner import close_process_group, run_recipe
@@ -46,8 +47,13 @@ def report_error(message: str) -> None:
 def main(cfg: DictConfig) -> float | None:
     route_to_root()
     quiet_third_party_noise()
+    interrupt.install()
+    run_dir = HydraConfig.get().runtime.output_dir
     try:
-        results = run_recipe(cfg, HydraConfig.get().runtime.output_dir)
+        results = run_recipe(cfg, run_dir)
+    except interrupt.Interrupted as stop:
+        log.warning("%s; resume with:\n  %s", stop, interrupt.resume_command(run_dir))
+        sys.exit(stop.exit_code)
     except Exception as err:
         ours = find_dnnkit_error(err)
         if ours is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -83,3 +83,19 @@ def restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_loggers():
+    """Benchmarks quiet the ``dnnkit`` and Lightning loggers (bench.common.quiet); a test after
+    them must still see dnnkit's lines on stdout."""
+    import logging
+
+    names = ("dnnkit", "lightning", "lightning.pytorch", "lightning.fabric")
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers

@@ -37,13 +37,16 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 class KillAtStep(L.Callback):
-    """SIGKILL this process just before optimizer step ``step`` (no cleanup, like a crash)."""
+    """SIGKILL this process just before optimizer step ``step`` (no cleanup, like a crash); once
+    per run folder, so that a resume with the same command (the same config) goes on."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        killed = Path(trainer.default_root_dir) / "killed.once"
+        if trainer.global_step == self.step and not killed.exists():
+            killed.write_text(str(self.step))
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -88,3 +91,26 @@ class NanBatchAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step and trainer.global_rank == self.rank:
             batch[0].fill_(float("nan"))
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` to this process before optimizer step ``step`` (as a scheduler or Ctrl-C
+    would), or before the first test batch with ``step=-1``; once per run folder (a resume with
+    the same command is not signalled again)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, int(signum)
+
+    def _send(self, trainer) -> None:
+        sent = Path(trainer.default_root_dir) / "signal.sent"
+        if not sent.exists():
+            sent.write_text(str(self.signum))
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self._send(trainer)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.step == -1:
+            self._send(trainer)

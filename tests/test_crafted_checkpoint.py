@@ -16,7 +16,8 @@ def test_crafted_checkpoint_paths_are_ignored_on_resume(fake_data, tmp_path):
     run = tmp_path / "runs" / "run"
     run_recipe(compose_config(FAST), run)
     stage = run / "train"
-    (stage / "result.json").unlink()  # the stage now looks interrupted: resume goes on from last.ckpt
+    for marker in ("result.json", "fit.json"):
+        (stage / marker).unlink()  # the stage now looks interrupted mid-fit: resume goes on from last.ckpt
     last = stage / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     escape = str(stage / "checkpoints" / ".." / ".." / ".." / ".." / "victim.txt")  # = victim

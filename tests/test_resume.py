@@ -61,11 +61,19 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, fake_data, tmp_path):
     with pytest.raises(DnnkitError, match="holds an interrupted run .*; pass resume=true to continue it"):
         run_recipe(compose_config(run), run_dir)
 
-    proc = subprocess.run(cli(*args, "resume=true"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    proc = subprocess.run(cli(*args, killer, "resume=true"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((run_dir / "train" / "result.json").read_text())
 
     msg = f"killed before step {kill_at}, resumed from step {saved_step}"
+    import csv
+
+    with open(run_dir / "train" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    val_epochs = [int(r["epoch"]) for r in rows if r.get("val/acc")]
+    assert val_epochs == [0, 1], f"{msg}: metrics.csv has validation rows for epochs {val_epochs}"
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == sorted(set(steps)), f"{msg}: metrics.csv repeats or reorders steps {steps}"
     for key in ("test/acc", "test/loss", "val/acc", "val/loss"):  # bit-equal, not approximately
         assert resumed["metrics"][key] == reference.metrics[key], f"{msg}: {key}"
     for name in ("last.ckpt", "best.ckpt"):

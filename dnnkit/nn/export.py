@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dnnkit.errors import DnnkitError
+from dnnkit.io import atomic_torch_save, atomic_write_with
 from dnnkit.nn.fold import fold_batchnorm
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def save_inference_model(
     folded = fold_batchnorm(model).cpu()
     written = {}
     payload = {"format": FORMAT, "config": config, "state_dict": folded.state_dict(), "meta": meta or {}}
-    torch.save(payload, folder / "model.pt")
+    atomic_torch_save(payload, folder / "model.pt")
     written["model.pt"] = folder / "model.pt"
     if example_input is not None:
         x = example_input.detach().cpu()
@@ -167,7 +168,7 @@ def save_inference_model(
         # example input with the whole storage of a view (1,000 test images of a sliced batch)
         x = (x[:2] if len(x) >= 2 else torch.cat([x, x])).clone()
         program = torch.export.export(folded, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        torch.export.save(program, folder / "model.pt2")
+        atomic_write_with(folder / "model.pt2", lambda f: torch.export.save(program, f))
         written["model.pt2"] = folder / "model.pt2"
     return written
 
