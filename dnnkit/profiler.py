@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from lightning.pytorch.profilers import PassThroughProfiler
+from typing_extensions import override
 
 _NOTHING = contextlib.nullcontext()
 
@@ -19,5 +20,6 @@ class NullProfiler(PassThroughProfiler):
     profiles as Lightning does); pass it to your own Trainer with ``Trainer(profiler=NullProfiler())``.
     """
 
+    @override
     def profile(self, action_name: str) -> contextlib.AbstractContextManager:
         return _NOTHING

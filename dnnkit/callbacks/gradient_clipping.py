@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import lightning as L
 import torch
 from torch import nn
+from typing_extensions import override
 
 from dnnkit.errors import choose, number
 from dnnkit.nn.select import compile_pattern, select_parameters
@@ -199,6 +200,7 @@ class GradientClipping(L.Callback):
         the global norm (as with Lightning's ``gradient_clip_val``)."""
         return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None and id(p) not in self._excluded]
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._excluded = set()
         if self.mode == "agc" and self.exclude:
@@ -207,6 +209,7 @@ class GradientClipping(L.Callback):
             chosen = select_parameters(pl_module, self.exclude, required=self.exclude != "output")
             self._excluded = {id(p) for p in chosen.values()}
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         params = self.parameters(optimizer)
         norm = grad_norm(params)
@@ -229,8 +232,10 @@ class GradientClipping(L.Callback):
                 metrics["grad/clipped_elements"] = self.stats["clipped_elements"] / max(self.stats["elements"], 1)
             pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
+    @override
     def state_dict(self) -> dict:
         return {"stats": dict(self.stats)}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.stats.update(state_dict.get("stats", {}))

@@ -19,6 +19,7 @@ import time
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
 
 from dnnkit.callbacks.checkpoint import CachedStateKey, ConfinedState
 from dnnkit.errors import number
@@ -55,10 +56,12 @@ class LastCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._saved_at = time.monotonic()
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._saved_at = time.monotonic()
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if trainer.is_last_batch:
             # the epoch-end save follows validation. A save now would also stop that one (same
@@ -73,8 +76,10 @@ class LastCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
         if due:
             self._save_last_now(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_last_now(trainer)  # validation has run: the epoch's metrics and callback states are in
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+from typing_extensions import override
 
 from dnnkit.schedules import Schedule, check_interval, check_schedule
 
@@ -45,18 +46,22 @@ class LearningRateSchedule(L.Callback):
                     bases.append(float(group["lr"]))
                 group["lr"] = self.schedule(t, bases[j])
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.interval == "epoch":
             self._apply(trainer, trainer.current_epoch)
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.interval == "step":
             # global_step counts optimizer steps taken; with gradient accumulation it stays
             # put until the next step, so every micro-batch sees that step's rate
             self._apply(trainer, trainer.global_step)
 
+    @override
     def state_dict(self) -> dict:
         return {"base_lrs": [list(b) for b in self.base_lrs]}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.base_lrs = [list(b) for b in state_dict.get("base_lrs", [])]

@@ -18,6 +18,7 @@ import logging
 import math
 
 import lightning as L
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError, choose, number
 
@@ -137,6 +138,7 @@ class PerformanceScheduling(L.Callback):
         self.evaluations = 0
         self.reductions: list[dict] = []  # {"evaluation", "step", "epoch", "lr": [(old, new), ...]}
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
@@ -162,6 +164,7 @@ class PerformanceScheduling(L.Callback):
                     ", ".join(f"{old:.3g} -> {new:.3g}" for old, new in changes),
                 )
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
         metrics = {("lr" if i == 0 else f"lr/group{i}"): float(lr) for i, lr in enumerate(lrs)}
@@ -169,13 +172,16 @@ class PerformanceScheduling(L.Callback):
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=False, on_epoch=True)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.evaluations == 0 and trainer.is_global_zero:
             log.warning("PerformanceScheduling never ran: no validation happened during fit (it acts after each validation run)")
 
+    @override
     def state_dict(self) -> dict:
         return {"plateau": self.plateau.state_dict(), "evaluations": self.evaluations, "reductions": self.reductions}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.plateau.load_state_dict(state_dict["plateau"])
         self.evaluations = int(state_dict.get("evaluations", 0))

@@ -17,6 +17,7 @@ import random
 import lightning as L
 import numpy as np
 import torch
+from typing_extensions import override
 
 
 def collect_rng_states() -> dict:
@@ -61,9 +62,11 @@ class RNGState(L.Callback):
         trainer.fit(model, dm, ckpt_path="last")  # same dropout masks as without the interruption
     """
 
+    @override
     def state_dict(self) -> dict:
         return collect_rng_states()
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         # Lightning restores callbacks before it creates the training data iterator (which may
         # draw a seed, as a DataLoader does) and before anything else draws random numbers: the

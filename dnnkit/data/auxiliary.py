@@ -19,6 +19,7 @@ task that can be made from unlabelled images; it is not offered here.
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 from dnnkit.data.datamodule import MNISTDataModule
 from dnnkit.errors import DnnkitError, choose
@@ -104,6 +105,7 @@ class AuxiliaryDataModule(MNISTDataModule):
         self.num_classes = TASKS[task]
         self.class_names = ["real", "corrupted"] if self.num_classes == 2 else ["0°", "90°", "180°", "270°"]
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return

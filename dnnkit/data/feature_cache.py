@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from typing_extensions import override
 
 from dnnkit.data.loader import TensorLoader
 from dnnkit.errors import DnnkitError
@@ -45,6 +46,7 @@ class FeatureLoader(TensorLoader):
             raise DnnkitError(f"{len(features)} cached outputs for {len(like.labels)} samples")
         self.images = features
 
+    @override
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[idx], self.labels[idx]
 
@@ -72,6 +74,7 @@ class CachedDataModule(L.LightningDataModule):
         self.features: dict[str, torch.Tensor] = {}
         self.build_seconds = 0.0
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         self.datamodule.trainer = self.trainer  # the inner loaders read rank / world size from it
         self.datamodule.setup(stage)
@@ -88,11 +91,14 @@ class CachedDataModule(L.LightningDataModule):
             log.info("cached %s outputs of the frozen layers: %s in %.2f s", split, tuple(self.features[split].shape), seconds)
         return FeatureLoader(self.features[split], loader)
 
+    @override
     def train_dataloader(self) -> FeatureLoader:
         return self._cached("train", self.datamodule.train_dataloader)
 
+    @override
     def val_dataloader(self) -> FeatureLoader:
         return self._cached("val", self.datamodule.val_dataloader)
 
+    @override
     def test_dataloader(self) -> FeatureLoader:
         return self._cached("test", self.datamodule.test_dataloader)

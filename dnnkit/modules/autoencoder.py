@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from dnnkit.errors import choose
 from dnnkit.modules.greedy import GreedyPretrainer
@@ -67,9 +68,11 @@ class AutoencoderPretrainer(GreedyPretrainer):
         linears = [encoder_linear(layer, name) for name, layer in zip(self.layer_names, self.layers)]
         self.decoders = nn.ModuleList(LayerDecoder(lin.out_features, lin.in_features, tied) for lin in linears)
 
+    @override
     def layer_parameters(self, index: int) -> list[nn.Parameter]:
         return [*self.layers[index].parameters(), *self.decoders[index].parameters()]
 
+    @override
     def layer_loss(self, index: int, x: torch.Tensor) -> torch.Tensor:
         noise = self.noise if self.training else "none"
         return layer_loss(self.layers[index], self.decoders[index], x, self.losses[index], noise, self.noise_level)
@@ -79,6 +82,7 @@ class AutoencoderPretrainer(GreedyPretrainer):
         depth = len(self.layer_names) if depth is None else depth
         return reconstruct(self.layers[:depth], list(self.decoders)[:depth], x, self.losses[:depth])
 
+    @override
     def save_pictures(self, folder: Path, images: torch.Tensor) -> list[Path]:
         was_training = self.training
         self.eval()

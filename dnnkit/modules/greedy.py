@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError
 from dnnkit.modules.base import DnnkitModule
@@ -128,12 +129,14 @@ class GreedyPretrainer(DnnkitModule):
             x = layer(x)
         return x
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The codes of the top pretrained layer."""
         return self.inputs(x, len(self.layer_names))
 
     # ------------------------------------------------------------------ Lightning hooks
 
+    @override
     def on_fit_start(self) -> None:
         ckpt = self.trainer.checkpoint_callback
         if ckpt is not None and getattr(ckpt, "monitor", None) is not None:
@@ -146,11 +149,13 @@ class GreedyPretrainer(DnnkitModule):
             log.info("greedy pretraining: max_epochs set to %d (epochs per layer %s)", total, self.epochs)
             self.trainer.fit_loop.max_epochs = total
 
+    @override
     def on_train_epoch_start(self) -> None:
         current = self.phase()
         for i, layer in enumerate(self.layers):
             layer.train(i == current)  # Lightning put everything in train mode; freeze the rest
 
+    @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         index = self.phase()
         x = self.inputs(batch[0], index)
@@ -165,6 +170,7 @@ class GreedyPretrainer(DnnkitModule):
         self.layer_metrics(index, x, "train")
         return loss
 
+    @override
     def on_train_epoch_end(self) -> None:
         index = self.phase()
         schedulers = self.lr_schedulers()
@@ -176,6 +182,7 @@ class GreedyPretrainer(DnnkitModule):
         else:
             scheduler.step()
 
+    @override
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         if batch_idx == 0:
             self._picture_batch = batch[0][:16].detach().cpu()
@@ -186,6 +193,7 @@ class GreedyPretrainer(DnnkitModule):
         self.layer_metrics(index, x, "val")
         return loss
 
+    @override
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self._picture_batch is not None:
             folder = Path(self.trainer.default_root_dir)
@@ -195,6 +203,7 @@ class GreedyPretrainer(DnnkitModule):
             for f in files:
                 log.info("saved %s", f)
 
+    @override
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
         optimizers = [factory(self.layer_parameters(i)) for i in range(len(self.layer_names))]

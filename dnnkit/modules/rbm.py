@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.greedy import GreedyPretrainer
@@ -93,9 +94,11 @@ class RBMPretrainer(GreedyPretrainer):
         lin = encoder_linear(self.layers[index])
         return lin.weight, lin.bias, self.visible_biases[index]
 
+    @override
     def layer_parameters(self, index: int) -> list[nn.Parameter]:
         return list(self.rbm(index))
 
+    @override
     def layer_loss(self, index: int, x: torch.Tensor) -> torch.Tensor:
         chain = None
         if self.persistent and self.training:
@@ -108,6 +111,7 @@ class RBMPretrainer(GreedyPretrainer):
             self._chains[index] = end.detach()
         return loss
 
+    @override
     def layer_metrics(self, index: int, x: torch.Tensor, split: str) -> None:
         params = self.rbm(index)
         self.log(f"{split}/recon", reconstruction_error(x, *params), on_epoch=True, prog_bar=True, batch_size=len(x))
@@ -126,6 +130,7 @@ class RBMPretrainer(GreedyPretrainer):
             v = visible_probs(v, weight, visible_bias)
         return v
 
+    @override
     def save_pictures(self, folder: Path, images: torch.Tensor) -> list[Path]:
         files = [
             save_filters(folder / "filters.png", self.rbm(0)[0]),
