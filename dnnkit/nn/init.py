@@ -14,8 +14,9 @@ lecun       1      fan_in          LeCun (``lecun_normal``); SELU
 ``distribution`` is ``normal`` (std = sqrt(scale/n)), ``uniform`` (limit = sqrt(3*scale/n)) or
 ``truncated_normal``: cut at two standard deviations with the std first divided by
 0.87962566, so the *resulting* std is sqrt(scale/n), as Keras's ``HeNormal``,
-``GlorotNormal`` and ``LecunNormal`` do (PyTorch's ``kaiming_normal_`` is not truncated and
-knows no ``fan_avg``). Two more schemes: ``normal`` draws N(0, std^2) (the book's naive
+``GlorotNormal`` and ``LecunNormal`` do, and TF's ``variance_scaling_initializer`` from TF 1.14
+on (TF <= 1.9, the seed's era, truncated *without* the rescale, so its std was 0.88 of that;
+PyTorch's ``kaiming_normal_`` is not truncated and knows no ``fan_avg``). Two more schemes: ``normal`` draws N(0, std^2) (the book's naive
 N(0, 1) that makes gradients vanish), and ``torch`` leaves PyTorch's default
 U(+-1/sqrt(fan_in)) in place. Biases are set to zero except under ``torch``.
 """
