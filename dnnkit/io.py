@@ -27,6 +27,10 @@ from typing import IO
 from dnnkit.errors import DnnkitError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _free(folder: Path) -> str:
     try:
         return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
@@ -55,6 +59,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], None
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode open() would give it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

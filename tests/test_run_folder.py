@@ -93,3 +93,10 @@ def test_checkpoints_are_written_through_the_atomic_writer(fake_data, tmp_path, 
     run_recipe(compose_config(FAST), tmp_path / "run")
     assert {"last.ckpt", "best.ckpt"} <= set(written)
     assert torch.load(tmp_path / "run" / "train" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write(tmp_path / "results.md", "x")
+    assert (tmp_path / "results.md").stat().st_mode & 0o777 == 0o666 & ~umask
