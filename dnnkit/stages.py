@@ -35,6 +35,7 @@ unknown key, bad ``seeds`` or ``published``, or a ``reuse.from`` that names no e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def _n_classes(classes) -> int:
 
 if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+if not OmegaConf.has_resolver("dnnkit.pid"):  # run folders of jobs started in the same second differ
+    OmegaConf.register_new_resolver("dnnkit.pid", os.getpid, use_cache=True)
 
 
 OPTION = "_option_"  # a stage's dict naming the option it is a diff of (see the module docstring)

@@ -29,7 +29,9 @@ def interrupted(fake_data, tmp_path):
 def test_resume_with_a_changed_learning_rate_is_refused_and_the_stored_config_kept(tmp_path, interrupted):
     folder, killer = interrupted
     stored = (folder / ".hydra" / "config.yaml").read_text()
-    proc = run(tmp_path, killer, "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.run.dir={folder}", "resume=true", "optimizer.lr=0.5")
+    proc = run(
+        tmp_path, killer, "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.run.dir={folder}", "resume=true", "optimizer.lr=0.5"
+    )
     assert proc.returncode == 2
     assert "resume=true with settings that shape the run changed: optimizer.lr (0.01 -> 0.5)" in proc.stderr
     assert "Traceback" not in proc.stderr and (folder / ".hydra" / "config.yaml").read_text() == stored
@@ -37,7 +39,10 @@ def test_resume_with_a_changed_learning_rate_is_refused_and_the_stored_config_ke
 
 def test_resume_may_extend_max_epochs_of_an_unfinished_run_and_says_so(tmp_path, interrupted):
     folder, killer = interrupted
-    proc = run(tmp_path, killer, "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.run.dir={folder}", "resume=true", "trainer.max_epochs=2")
+    proc = run(
+        tmp_path, killer, "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.run.dir={folder}", "resume=true",
+        "trainer.max_epochs=2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resume: trainer.max_epochs 1 -> 2" in proc.stdout and "epoch 2/2" in proc.stdout
     assert "max_epochs: 2" in (folder / ".hydra" / "config.yaml").read_text()
@@ -75,3 +80,10 @@ def test_a_run_name_that_is_a_path_is_refused_before_anything_is_written(fake_da
     assert sorted(p.name for p in home.iterdir()) == ["canary.txt"]
     assert hashlib.sha256(canary.read_bytes()).hexdigest() == digest
     assert not (tmp_path / "runs" / "n").exists()
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(fake_data, tmp_path):
+    procs = [subprocess.Popen(cli(*FAST), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env(), cwd=tmp_path) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-1000:] for p in procs]
+    folders = sorted((tmp_path / "runs" / "train").iterdir())
+    assert len(folders) == 2 and all((f / "results.md").is_file() for f in folders)

@@ -20,6 +20,7 @@ def test_transfer_recipe_runs_and_unfreezes(fake_data, tmp_path, capsys):
     assert "epoch 2: unfroze model.hidden1" in out and "transfer: results" in out
     table = (tmp_path / "run" / "results.md").read_text()
     assert "| B_on_A | 2 |" in table and "test/acc 0.9940" in table
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000  # report.metrics is test/acc: no curve; val/acc is plotted
 
 
 def test_reuse_recipe_runs_with_a_cached_frozen_stage(fake_data, tmp_path, capsys):
