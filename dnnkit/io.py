@@ -26,7 +26,6 @@ from typing import IO
 
 from dnnkit.errors import DnnkitError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -15,6 +15,9 @@ from dnnkit.data.idx import write_idx
 from dnnkit.stages import config_dir
 
 REAL_DATA = os.environ.get("DNNKIT_DATA_DIR")
+# --doctest-modules (pyproject.toml) would import each conftest.py once more, as a module named
+# "conftest" that the other one already is, and fail; they hold no docstring examples
+collect_ignore = ["conftest.py", "bench/conftest.py"]
 
 
 def make_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,6 +79,7 @@ def test_no_file_over_400_lines():
     assert not long
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~5 s
 def test_import_dnnkit_nn_loads_no_lightning():
     code = "import sys, dnnkit.nn, dnnkit.nn.health; assert not [m for m in sys.modules if m.startswith('lightning')]"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)

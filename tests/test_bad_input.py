@@ -72,7 +72,8 @@ CATALOGUE = {
     "empty layer list": (["model.hidden=[]"], r"hidden must be a non-empty list of positive layer sizes, got \[\]"),
     "non-positive layer": (["model.hidden=[300,0]"], r"hidden must be a non-empty list of positive layer sizes, got \[300, 0\]"),
     "classes out of range": (["data.classes=[3,12]"], r"data.classes=\[3, 12\] is invalid: give at least two distinct labels from 0..9"),
-    "n_per_class too large": (["data.n_per_class=5000"], r"n_per_class=5000 but class \d has only \d+ training images .* use n_per_class <= \d+"),
+    "n_per_class too large": (["data.n_per_class=5000"], r"n_per_class=5000 but class \d has only \d+ "
+                                                         r"training images .* use n_per_class <= \d+"),
     "val_size too large": (["data.val_size=999999"], r"val_size must be an integer in \[0, 1200\), got 999999"),
     "epochs 0": (["trainer.max_epochs=0"], r"trainer.max_epochs must be a positive integer \(or -1\), got 0"),
     "hidden not a list": (["model.hidden=300"], r"hidden must be a list of layer sizes such as \[300, 100\], got 300"),
@@ -116,32 +117,41 @@ CATALOGUE = {
     "n_outputs wrong": (["model.n_outputs=5"],
                         r"^the model has 5 outputs \(model.n_outputs=5\) but the data has 10 classes: set model.n_outputs=10$"),
     "n_outputs vs classes": (["data.classes=[1,2,3]", "model.n_outputs=10"],
-                             r"^the model has 10 outputs \(model.n_outputs=10\) but the data has 3 classes \(data.classes=\[1, 2, 3\]\): set model.n_outputs=3$"),
+                             r"^the model has 10 outputs \(model.n_outputs=10\) but the data has "
+                             r"3 classes \(data.classes=\[1, 2, 3\]\): set model.n_outputs=3$"),
     "freeze every layer": (["callbacks=[default,layer_freezing]", "callbacks.layer_freezing.frozen=.*"],
-                           r"^callbacks.layer_freezing: frozen='\.\*' freezes every parameter of the model, so the optimizer would get an empty parameter list; .*trainable="),
-    "trainable layer without parameters": (["callbacks=[default,layer_freezing]", "callbacks.layer_freezing.frozen=null", "callbacks.layer_freezing.trainable=hidden1.act"],
+                           r"^callbacks.layer_freezing: frozen='\.\*' freezes every parameter of the "
+                           r"model, so the optimizer would get an empty parameter list; .*trainable="),
+    "trainable layer without parameters": (["callbacks=[default,layer_freezing]", "callbacks.layer_freezing.frozen=null",
+                                            "callbacks.layer_freezing.trainable=hidden1.act"],
                                            r"^callbacks.layer_freezing: trainable='hidden1.act' freezes every parameter of the model"),
     "unfreeze after the last epoch": (["callbacks=[default,layer_freezing]", "callbacks.layer_freezing.unfreeze_at_epoch=5"],
-                                      r"^callbacks.layer_freezing.unfreeze_at_epoch=5 is beyond trainer.max_epochs=1: the layers would never unfreeze; use 0..0 or null$"),
+                                      r"^callbacks.layer_freezing.unfreeze_at_epoch=5 is beyond "
+                                      r"trainer.max_epochs=1: the layers would never unfreeze; use 0..0 or null$"),
     "checkpoint monitor typo": (["callbacks.checkpoint.monitor=val/acc2"],
-                                r"^callbacks.checkpoint.monitor='val/acc2' is not a key Classifier logs while fitting; valid: train/loss, val/acc, val/loss \(or null\)$"),
+                                r"^callbacks.checkpoint.monitor='val/acc2' is not a key Classifier logs "
+                                r"while fitting; valid: train/loss, val/acc, val/loss \(or null\)$"),
     "checkpoint monitor without slash": (["callbacks.checkpoint.monitor=val_acc"],
                                          r"^callbacks.checkpoint.monitor='val_acc' is not a key Classifier logs"),
     "checkpoint monitor on a test key": (["callbacks.checkpoint.monitor=test/acc"],
-                                         r"^callbacks.checkpoint.monitor='test/acc' is logged only when testing, after the fit; valid: train/loss, val/acc, val/loss"),
+                                         r"^callbacks.checkpoint.monitor='test/acc' is logged only when "
+                                         r"testing, after the fit; valid: train/loss, val/acc, val/loss"),
     "early stopping monitor typo": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.monitor=val/los"],
                                     r"^callbacks.early_stopping.monitor='val/los' is not a key Classifier logs while fitting; valid: "),
-    "performance scheduling monitor typo": (["callbacks=[default,performance_scheduling]", "callbacks.performance_scheduling.monitor=valid/loss"],
+    "performance scheduling monitor typo": (["callbacks=[default,performance_scheduling]",
+                                             "callbacks.performance_scheduling.monitor=valid/loss"],
                                             r"^callbacks.performance_scheduling.monitor='valid/loss' is not a key Classifier logs"),
     "report metric typo": (["report.metrics=[val/acc,test/accuracy]"],
-                           r"^report.metrics: 'test/accuracy' is not a key the stages' modules log; valid: test/acc, test/loss, train/loss, val/acc, val/loss$"),
+                           r"^report.metrics: 'test/accuracy' is not a key the stages' modules "
+                           r"log; valid: test/acc, test/loss, train/loss, val/acc, val/loss$"),
     "report metrics not a list": (["report.metrics=val/acc"],
                                   r"^report.metrics must be a list of metric keys such as \[val/acc, test/acc\], got 'val/acc'$"),
     "published metric typo": (["+published={metric: test/accc, value: 0.9}"],
                               r"^stage 'train': published.metric 'test/accc' is not a key the stages' modules log; valid: "),
     # item 12: found before the first stage trains, not after it
     "reuse shape mismatch from a stage": (["+stages={a: {model: {hidden: [50, 100]}}, b: {reuse: {from: a, layers: 'hidden[12]'}}}"],
-                                          r"^stage 'b': shape mismatch in layer 'model.hidden1': linear.weight is \(300, 784\) in the model but \(50, 784\) in the source$"),
+                                          r"^stage 'b': shape mismatch in layer 'model.hidden1': linear.weight "
+                                          r"is \(300, 784\) in the model but \(50, 784\) in the source$"),
     "reuse pattern matches nothing": (["+stages={a: {}, b: {reuse: {from: a, layers: hidden9}}}"],
                                       r"^stage 'b': layer pattern 'hidden9' matches no layer of Classifier"),
     "reuse from a later stage": (["+stages={a: {reuse: {from: b}}, b: {}}"],
@@ -195,12 +205,15 @@ def test_reuse_from_a_good_checkpoint_file_works(fake_data, tmp_path, ckpts):
 
 CHECKPOINT_CASES = {
     "missing": ("nowhere.ckpt", "hidden[12]", r"checkpoint '.*nowhere.ckpt' does not exist"),
-    "truncated": ("truncated.ckpt", "hidden[12]", r"cannot load '.*truncated.ckpt' as a checkpoint with weights_only=True \(truncated, not a checkpoint"),
+    "truncated": ("truncated.ckpt", "hidden[12]", r"cannot load '.*truncated.ckpt' as a checkpoint with "
+                                                  r"weights_only=True \(truncated, not a checkpoint"),
     "not a checkpoint": ("notes.ckpt", "hidden[12]", r"cannot load '.*notes.ckpt' as a checkpoint"),
     "not a state_dict": ("list.pt", "hidden[12]", r"expected a state_dict or a Lightning checkpoint, got list"),
     "another architecture": ("convnet.pt", "hidden[12]", r"the source has no layer 'model.hidden1'; its layers: conv1, fc"),
-    "shape mismatch": ("narrow.pt", "hidden[12]", r"shape mismatch in layer 'model.hidden1': .* is \(300, 784\) in the model but \(50, 784\) in the source"),
-    "pattern matches nothing": ("good.ckpt", "hidden9", r"layer pattern 'hidden9' matches no layer of Classifier; layers are: .*model.hidden1.*model.output"),
+    "shape mismatch": ("narrow.pt", "hidden[12]", r"shape mismatch in layer 'model.hidden1': .* is \(300, "
+                                                  r"784\) in the model but \(50, 784\) in the source"),
+    "pattern matches nothing": ("good.ckpt", "hidden9", r"layer pattern 'hidden9' matches no layer of "
+                                                        r"Classifier; layers are: .*model.hidden1.*model.output"),
     "not a stage nor a file": ("A", "hidden1", r"reuses from 'A', which is neither an earlier stage \(\[\]\) nor a checkpoint file"),
 }
 
@@ -243,12 +256,15 @@ def _corrupt_deflate(path: Path, raw: bytes) -> None:
 
 
 IDX_CASES = {
-    "truncated payload": (lambda p, raw: _write_gz(p, raw[:-100]), r"train-images-idx3-ubyte.gz is truncated: header says shape \[1200, 28, 28\]"),
+    "truncated payload": (lambda p, raw: _write_gz(p, raw[:-100]), r"train-images-idx3-ubyte.gz is truncated: "
+                                                                   r"header says shape \[1200, 28, 28\]"),
     "wrong magic": (lambda p, raw: _write_gz(p, b"\x12\x34" + raw[2:]), r"is not an IDX file: magic number 12340803 \(expected 0000 08 0N"),
-    "cut gzip": (lambda p, raw: p.write_bytes(p.read_bytes()[:200]), r"cannot read IDX file .*train-images-idx3-ubyte.gz: .*truncated or not gzip"),
+    "cut gzip": (lambda p, raw: p.write_bytes(p.read_bytes()[:200]), r"cannot read IDX file .*train-images-idx3-ubyte.gz: "
+                                                                     r".*truncated or not gzip"),
     # issue 14, item 13: zlib's own error came out as a traceback
     "corrupt gzip data": (_corrupt_deflate,
-                          r"^cannot read IDX file .*train-images-idx3-ubyte.gz: its gzip data is corrupt \(Error -3 .*\); copy or download the file again$"),
+                          r"^cannot read IDX file .*train-images-idx3-ubyte.gz: its gzip data "
+                          r"is corrupt \(Error -3 .*\); copy or download the file again$"),
 }
 
 
@@ -292,14 +308,17 @@ def _directory_for_a_file(folder: Path) -> Path:
 ROOT_CASES = {
     "empty folder": (lambda f: (f.mkdir(), f)[1],
                      r"^data.root='.*empty_folder' holds no mnist IDX files \(missing train-images-idx3-ubyte\[.gz\], "
-                     r"train-labels-idx1-ubyte\[.gz\], t10k-images-idx3-ubyte\[.gz\], t10k-labels-idx1-ubyte\[.gz\]\); with data.root set nothing else is searched"),
+                     r"train-labels-idx1-ubyte\[.gz\], t10k-images-idx3-ubyte\[.gz\], "
+                     r"t10k-labels-idx1-ubyte\[.gz\]\); with data.root set nothing else is searched"),
     "no such folder": (lambda f: f,
                        r"^data.root='.*no_such_folder' does not exist; give a folder holding the four mnist IDX files, or data.root=null"),
     "a file, not a folder": (lambda f: (f.write_text("x"), f)[1], r"^data.root='.*a_file__not_a_folder' is a file, not a folder"),
     "test files missing": (_only_train_files,
-                           r"^data.root='.*test_files_missing' holds no mnist IDX files \(missing t10k-images-idx3-ubyte\[.gz\], t10k-labels-idx1-ubyte\[.gz\]\)"),
+                           r"^data.root='.*test_files_missing' holds no mnist IDX files \(missing "
+                           r"t10k-images-idx3-ubyte\[.gz\], t10k-labels-idx1-ubyte\[.gz\]\)"),
     "directory for a file": (_directory_for_a_file,
-                             r"^.*directory_for_a_file/train-images-idx3-ubyte.gz is a directory, not an IDX file; remove it or put the file "
+                             r"^.*directory_for_a_file/train-images-idx3-ubyte.gz is "
+                             r"a directory, not an IDX file; remove it or put the file "
                              r"train-images-idx3-ubyte.gz in its place$"),
     "32x32 images": (lambda f: _write_set(f, size=32),
                      r"^model.n_inputs=784 but the data's images are 1x32x32 = 1024 values: set model.n_inputs=1024$"),
@@ -319,6 +338,7 @@ def test_data_root_catalogue(case, fake_data, tmp_path, earlier):
 
 
 @pytest.mark.data
+@pytest.mark.slow  # reads the real sets
 def test_labels_of_another_real_dataset_beside_the_images(real_data_dir, tmp_path, earlier):
     """MNIST's images with Fashion-MNIST's labels: the counts agree, the files' contents do not."""
     mixed = tmp_path / "mixed"
@@ -332,6 +352,7 @@ def test_labels_of_another_real_dataset_beside_the_images(real_data_dir, tmp_pat
 
 
 @pytest.mark.data
+@pytest.mark.slow  # reads the real sets
 def test_another_real_dataset_than_the_one_named(real_data_dir, tmp_path, earlier):
     fails([f"data.root={real_data_dir / 'mnist'}", "data.name=fashion_mnist"],
           r"^data.name='fashion_mnist' but .*mnist holds MNIST's files: point data.root at fashion_mnist's files, or set data.name=mnist$",
@@ -349,7 +370,8 @@ def test_unreadable_data_file(fake_data, tmp_path, earlier, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(gzip, "open", guarded)
-    fails([], r"^cannot read .*mnist/train-labels-idx1-ubyte.gz: Permission denied; make the file readable$", tmp_path / "runs" / "bad", earlier)
+    fails([], r"^cannot read .*mnist/train-labels-idx1-ubyte.gz: Permission "
+              r"denied; make the file readable$", tmp_path / "runs" / "bad", earlier)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -375,7 +397,8 @@ def test_stage_name_that_is_not_a_file_name(stage, fake_data, tmp_path, earlier)
     def name_the_stage(cfg):
         cfg.stages = {"first": {}, stage: {}}
 
-    fails([], r"^stage name '(\.\./\.\./x|y{100}'\.\.\.|a b)'? is not a plain file name", tmp_path / "runs" / "bad", earlier, edit=name_the_stage)
+    fails([], r"^stage name '(\.\./\.\./x|y{100}'\.\.\.|a b)'? is "
+              r"not a plain file name", tmp_path / "runs" / "bad", earlier, edit=name_the_stage)
     assert not (tmp_path / "x").exists() and not (tmp_path / "runs" / "bad" / "first").exists()
 
 
@@ -411,7 +434,8 @@ def test_cli_ddp_with_fewer_batches_than_ranks(fake_data, tmp_path):
 
 def test_unwritable_output_folder(fake_data, tmp_path, earlier):
     (tmp_path / "runs" / "afile").write_text("a file where a folder should be")
-    fails([], r"cannot write to the output folder '.*afile/bad' \(Not a directory\); choose a writable folder", tmp_path / "runs" / "afile" / "bad", earlier)
+    fails([], r"cannot write to the output folder '.*afile/bad' \(Not a directory\); "
+              r"choose a writable folder", tmp_path / "runs" / "afile" / "bad", earlier)
 
 
 def test_finished_run_is_refused_and_kept(fake_data, tmp_path, earlier):
@@ -424,6 +448,7 @@ def test_finished_run_is_refused_and_kept(fake_data, tmp_path, earlier):
 # ----------------------------------------------------------------- through the command line
 
 
+@pytest.mark.slow  # spawns python -m dnnkit.train
 def test_cli_messages_exit_codes_and_no_traceback(fake_data, tmp_path):
     """One process per case, started together: dnnkit's errors exit 2, Hydra's composition errors
     (an unknown config-group option or recipe) exit 1; both print one message, no traceback."""

@@ -24,7 +24,9 @@ def test_crafted_checkpoint_paths_are_ignored_on_resume(fake_data, tmp_path):
     crafted = 0
     for state in ckpt["callbacks"].values():
         if "best_model_path" in state:
-            state.update(best_model_path=escape, kth_best_model_path=escape, last_model_path=escape, best_k_models={escape: torch.tensor(0.0)})
+            state.update(
+                best_model_path=escape, kth_best_model_path=escape, last_model_path=escape, best_k_models={escape: torch.tensor(0.0)}
+            )
             crafted += 1
     assert crafted == 2  # BestCheckpoint and LastCheckpoint
     torch.save(ckpt, last)

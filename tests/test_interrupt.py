@@ -21,14 +21,18 @@ def table(run_dir) -> list[tuple]:
             for r in json.loads((run_dir / "results.json").read_text())]
 
 
-@pytest.mark.parametrize("signum, code, step", [(signal.SIGTERM, 143, 25), (signal.SIGINT, 130, -1)], ids=["sigterm-in-training", "sigint-in-test"])
+@pytest.mark.parametrize(
+    "signum, code, step", [(signal.SIGTERM, 143, 25), (signal.SIGINT, 130, -1)], ids=["sigterm-in-training", "sigint-in-test"]
+)
 def test_signal_saves_prints_the_resume_command_and_resumes_exactly(fake_data, tmp_path, signum, code, step):
     ref = tmp_path / "ref"
     proc = subprocess.run(cli(*RUN, f"hydra.run.dir={ref}"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "run"
     probe = f"+callbacks.signal={{_target_: tests.probes.SignalAt, step: {step}, signum: {int(signum)}}}"
-    proc = subprocess.run(cli(*RUN, probe, f"hydra.run.dir={run}"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        cli(*RUN, probe, f"hydra.run.dir={run}"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == code, out[-2000:]
     assert f"interrupted by {signal.Signals(signum).name}; resume with:" in out

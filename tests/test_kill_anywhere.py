@@ -54,7 +54,9 @@ def test_sigkill_anywhere_then_resume_gives_the_same_table(fake_data, tmp_path, 
     rng = random.Random(20261201)
     begin = time.monotonic()
     ref = tmpfs / "ref"
-    proc = subprocess.run(cli(*TWO_STAGES, f"hydra.run.dir={ref}"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=600)
+    proc = subprocess.run(
+        cli(*TWO_STAGES, f"hydra.run.dir={ref}"), capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     whole = time.monotonic() - begin
     expected = table(ref)

@@ -38,6 +38,7 @@ def test_every_recipe_passes_without_reading_the_images(recipe, sized_data):
 
 
 @pytest.mark.data
+@pytest.mark.slow  # reads the real sets
 def test_every_recipe_passes_on_the_real_sets(real_data_dir):
     """The real files are told apart (MNIST is not taken for Fashion-MNIST, or the other way)."""
     for recipe in RECIPES:
@@ -52,7 +53,8 @@ def test_every_recipe_passes_on_the_real_sets(real_data_dir):
     ["callbacks.checkpoint.monitor=null"], ["callbacks.checkpoint.monitor=train/loss", "callbacks.checkpoint.mode=min"],
     ["report.metrics=[val/acc,grad/hidden1_over_top,lr]"],
     ["data=auxiliary", "model.n_outputs=4"], ["model=zoo"],
-    ["trainer.devices=auto"], ["trainer.max_epochs=-1", "callbacks=[default,layer_freezing]", "callbacks.layer_freezing.unfreeze_at_epoch=30"],
+    ["trainer.devices=auto"],
+    ["trainer.max_epochs=-1", "callbacks=[default,layer_freezing]", "callbacks.layer_freezing.unfreeze_at_epoch=30"],
 ])
 def test_good_configs_pass(overrides, sized_data):
     preflight(stage_configs(compose_config(FAST + overrides)))
@@ -76,7 +78,8 @@ def test_reuse_is_compared_with_the_source_stage_after_surgery(fake_data):
 
 def test_a_reused_checkpoint_file_is_checked_too(fake_data, tmp_path):
     torch.save(MLP(784, [50, 100], 10).state_dict(), tmp_path / "narrow.pt")
-    stages = stage_configs(compose_config(FAST + [f"+stages={{a: {{}}, b: {{reuse: {{from: '{tmp_path / 'narrow.pt'}', layers: hidden1}}}}}}"]))
+    reuse = f"+stages={{a: {{}}, b: {{reuse: {{from: '{tmp_path / 'narrow.pt'}', layers: hidden1}}}}}}"
+    stages = stage_configs(compose_config(FAST + [reuse]))
     with pytest.raises(DnnkitError, match=r"stage 'b': shape mismatch in layer 'model.hidden1'"):
         preflight(stages)
 
@@ -86,7 +89,9 @@ def test_booleans_are_refused_in_any_constructor_argument_that_takes_a_number():
     with pytest.raises(DnnkitError, match=r"^callbacks.p.patience=true is a boolean, not a number: give an integer$"):
         refuse_booleans("callbacks.p", {"_target_": "dnnkit.callbacks.PerformanceScheduling", "patience": True})
     with pytest.raises(DnnkitError, match=r"^scheduler.schedule.s=false is a boolean, not a number"):
-        refuse_booleans("scheduler", {"_target_": "dnnkit.schedules.scheduled_lr", "schedule": {"_target_": "dnnkit.schedules.Exponential", "s": False}})
+        refuse_booleans(
+            "scheduler", {"_target_": "dnnkit.schedules.scheduled_lr", "schedule": {"_target_": "dnnkit.schedules.Exponential", "s": False}}
+        )
     refuse_booleans("model", {"_target_": "dnnkit.nn.MLP", "batch_norm": True})  # a boolean where one belongs
     refuse_booleans("model", {"_target_": "no.such.Thing", "x": True})  # an unknown target is not ours to judge
 

@@ -16,7 +16,7 @@ def test_unsupervised_recipe_switches_pretrainer(pretrain, target, fake_data):
     stages = dict(stage_configs(cfg))
     assert list(stages)[0] == "pretrain" and stages["pretrain"].module._target_.endswith(target)
     assert stages["pretrain"].callbacks.checkpoint.monitor is None
-    for name, stage in stages.items():
+    for stage in stages.values():
         OmegaConf.resolve(stage)
         module = build_module(stage)
         assert isinstance(module.model.hidden1.act, torch.nn.Sigmoid)  # one network for every stage
@@ -34,7 +34,10 @@ def test_pretraining_recipes_run_end_to_end(recipe, extra, fake_data, tmp_path):
     if recipe == "unsupervised":
         tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.pretrain.module.epochs=[1,1]"]
     else:
-        tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.auxiliary.trainer.max_epochs=1", "stages.auxiliary.data.val_size=100"]
+        tiny += [
+            "stages.scratch_100=null", "stages.pretrained_100=null",
+            "stages.auxiliary.trainer.max_epochs=1", "stages.auxiliary.data.val_size=100",
+        ]
     results = run_recipe(compose_config([f"+recipe={recipe}", *FAST, *tiny, *extra]), tmp_path / "run")
     assert [r.stage for r in results][1:] == ["scratch_10", "pretrained_10"]
     assert all("test/acc" in r.metrics for r in results[1:])

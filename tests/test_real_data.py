@@ -8,6 +8,7 @@ from tests.conftest import compose_config
 
 
 @pytest.mark.data
+@pytest.mark.slow  # reads the real sets
 def test_real_mnist_matches_the_published_statistics(real_data_dir):
     dm = MNISTDataModule("mnist", val_size=0)
     x, y = dm.split("train")

@@ -24,6 +24,7 @@ def test_optimizers_recipe_smoke(fake_data, tmp_path):
 def test_history_keeps_every_epoch_after_testing_the_best_checkpoint(fake_data, tmp_path):
     # testing from best.ckpt restores callback states; the curves must still cover every epoch
     cfg = compose_config(["+recipe=optimizers", *FAST, "trainer.max_epochs=3", "callbacks.checkpoint.monitor=train/loss",
-                          "callbacks.checkpoint.mode=max", "+stages={sgd: null, momentum: null, nesterov: null, adagrad: null, rmsprop: null, adamw: null, nadam: null}"])
+                          "callbacks.checkpoint.mode=max",
+                          "+stages={sgd: null, momentum: null, nesterov: null, adagrad: null, rmsprop: null, adamw: null, nadam: null}"])
     [result] = run_recipe(cfg, tmp_path / "run")  # best (max train loss) is epoch 1
     assert [h["epoch"] for h in result.history] == [1, 2, 3]

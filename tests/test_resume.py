@@ -42,6 +42,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow  # spawns python -m dnnkit.train
 def test_sigkill_mid_epoch_then_resume_is_exact(case, fake_data, tmp_path):
     run = [*RUN, *CASES[case]]
     reference = run_recipe(compose_config(run), tmp_path / "ref")[0]

@@ -76,7 +76,8 @@ def test_atomic_write_keeps_the_previous_file_when_the_write_fails(tmp_path):
         def __reduce__(self):
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(DnnkitError, match=r"cannot write last.ckpt in '.*': No space left on device \(.* MiB free\); the previous file is kept"):
+    with pytest.raises(DnnkitError, match=r"cannot write last.ckpt in '.*': No space left on "
+                                          r"device \(.* MiB free\); the previous file is kept"):
         from dnnkit.io import atomic_torch_save
 
         atomic_torch_save(Boom(), path)

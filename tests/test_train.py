@@ -62,6 +62,7 @@ def test_bad_learning_rate_fails_before_training(fake_data, tmp_path):
         run_recipe(compose_config(FAST + ["optimizer.lr=-0.1"]), tmp_path / "run")
 
 
+@pytest.mark.slow  # spawns python -m dnnkit.train
 def test_cli_runs_a_recipe(fake_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dnnkit.train", "+recipe=mnist_bn", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],
@@ -72,6 +73,7 @@ def test_cli_runs_a_recipe(fake_data, tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
+@pytest.mark.slow  # spawns python -m dnnkit.train
 def test_cli_bad_value_is_one_message(fake_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dnnkit.train", "model.activation=relu6", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],

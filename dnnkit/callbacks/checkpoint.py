@@ -73,7 +73,18 @@ class BestCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
 
     Example::
 
-        trainer = Trainer(callbacks=[BestCheckpoint(monitor="val/acc", mode="max", filename="best")])
+        >>> import tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> best = BestCheckpoint(monitor="val/acc", mode="max", filename="best")
+        >>> trainer = L.Trainer(max_epochs=2, callbacks=[best], logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False, default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(Classifier(MLP(784, [8], 10)), TensorLoader(x, y, 16), TensorLoader(x, y, 64))
+        >>> import os
+        >>> os.listdir(best.dirpath), best.best_model_path == os.path.join(best.dirpath, "best.ckpt")
+        (['best.ckpt'], True)
     """
 
     @override

@@ -27,9 +27,19 @@ class EpochSummary(L.Callback):
 
     Example::
 
-        summary = EpochSummary(keys=["train/loss", "val/acc"])
-        trainer = Trainer(callbacks=[summary]); trainer.fit(model, dm)
-        summary.history[-1]["val/acc"]
+        >>> import tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> summary = EpochSummary(keys=["train/loss", "val/acc"])
+        >>> trainer = L.Trainer(max_epochs=2, callbacks=[summary], logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(Classifier(MLP(784, [8], 10)), TensorLoader(x, y, 16), TensorLoader(x, y, 64))  # doctest: +ELLIPSIS
+        epoch 1/2  train/loss ...  val/acc ...  (... s)
+        epoch 2/2  train/loss ...  val/acc ...  (... s)
+        >>> len(summary.history), sorted(summary.history[-1])
+        (2, ['epoch', 'train/loss', 'val/acc', 'val/loss'])
     """
 
     def __init__(self, keys: list[str] | None = None, verbose: bool = True) -> None:

@@ -20,7 +20,6 @@ agc            unit-wise adaptive clipping (Brock et al. 2021, NFNets): each out
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import lightning as L

@@ -36,9 +36,30 @@ class LastCheckpoint(ConfinedState, CachedStateKey, ModelCheckpoint):
 
     Example::
 
-        trainer = Trainer(callbacks=[LastCheckpoint(every_n_train_steps=50)])
-        trainer.fit(model, dm)                        # killed at step 137 ...
-        trainer.fit(model, dm, ckpt_path="last")      # ... goes on from step 100
+        >>> import tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> class Killed(L.Callback):  # stands in for a kill -9 at step 5
+        ...     def on_train_batch_end(self, trainer, *args):
+        ...         if trainer.global_step == 5:
+        ...             raise RuntimeError("killed at step 5")
+        >>> root = tempfile.mkdtemp()
+        >>> def trainer(*callbacks):
+        ...     return L.Trainer(max_steps=8, callbacks=[LastCheckpoint(every_n_train_steps=2), *callbacks], logger=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+        >>> model = Classifier(MLP(784, [8], 10))
+        >>> trainer(Killed()).fit(model, TensorLoader(x, y, 8))           # killed at step 5 ...
+        Traceback (most recent call last):
+            ...
+        RuntimeError: killed at step 5
+        >>> torch.load(f"{root}/checkpoints/last.ckpt", weights_only=False)["global_step"]
+        4
+        >>> resumed = trainer()
+        >>> resumed.fit(model, TensorLoader(x, y, 8), ckpt_path="last")  # ... goes on from step 4
+        >>> resumed.global_step
+        8
     """
 
     def __init__(self, every_n_seconds: float | None = 60.0, every_n_train_steps: int = 0, dirpath: str | None = None) -> None:

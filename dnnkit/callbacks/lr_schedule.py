@@ -26,9 +26,19 @@ class LearningRateSchedule(L.Callback):
 
     Example::
 
-        from dnnkit.schedules import Exponential
-        trainer = L.Trainer(callbacks=[LearningRateSchedule(Exponential(s=20), interval="epoch")])
-        trainer.fit(my_module, datamodule)   # my_module.configure_optimizers returns any optimizer
+        >>> import functools, tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> from dnnkit.schedules import Exponential
+        >>> trainer = L.Trainer(max_epochs=3, callbacks=[LearningRateSchedule(Exponential(s=2), interval="epoch")], logger=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        ...                     default_root_dir=tempfile.mkdtemp())
+        >>> adam = functools.partial(torch.optim.Adam, lr=0.01)   # the module's own optimizer, any kind
+        >>> trainer.fit(Classifier(MLP(784, [8], 10), optimizer=adam), TensorLoader(x, y, 16))
+        >>> trainer.optimizers[0].param_groups[0]["lr"]          # 0.01 * 0.1 ** (2 / 2) in the third epoch
+        0.001
     """
 
     def __init__(self, schedule: Schedule, interval: str = "step") -> None:

@@ -159,8 +159,18 @@ class NonFiniteGuard(L.Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[NonFiniteGuard()])    # any LightningModule
-        trainer.fit(model, dm)   # DnnkitError: step 17: the loss is nan; gradients first non-finite in ...
+        >>> import functools, tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> trainer = L.Trainer(max_epochs=2, callbacks=[NonFiniteGuard()], logger=False, enable_progress_bar=False,  # any LightningModule
+        ...                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
+        >>> too_fast = functools.partial(torch.optim.SGD, lr=float("inf"))
+        >>> trainer.fit(Classifier(MLP(784, [8], 10), optimizer=too_fast), TensorLoader(x, y, 16))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        dnnkit.errors.DnnkitError: training diverged at step 0 (epoch 0): the weights of layer 'model.hidden1.linear' are no ...
     """
 
     def __init__(

@@ -114,8 +114,20 @@ class PerformanceScheduling(L.Callback):
 
     Example::
 
-        trainer = L.Trainer(callbacks=[PerformanceScheduling("val/loss", factor=0.5, patience=5)])
-        trainer.fit(any_module, datamodule)
+        >>> import functools, tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> cut = PerformanceScheduling("val/loss", factor=0.5, patience=2)
+        >>> trainer = L.Trainer(max_epochs=4, callbacks=[cut], logger=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
+        >>> stuck = functools.partial(torch.optim.SGD, lr=1e-9)   # val/loss cannot improve by the threshold
+        >>> trainer.fit(Classifier(MLP(784, [8], 10), optimizer=stuck), TensorLoader(x, y, 16), TensorLoader(x, y, 64))
+        ... # doctest: +ELLIPSIS
+        PerformanceScheduling: val/loss has not improved on ... for 2 evaluations; lr 1e-09 -> 5e-10
+        >>> [r["epoch"] for r in cut.reductions], trainer.optimizers[0].param_groups[0]["lr"]
+        ([2], 5e-10)
     """
 
     def __init__(

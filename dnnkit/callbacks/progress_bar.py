@@ -27,7 +27,17 @@ class ProgressBar(TQDMProgressBar):
 
     Example::
 
-        trainer = Trainer(callbacks=[ProgressBar(min_interval=0.5)])
+        >>> import tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> bar = ProgressBar(min_interval=0.5)
+        >>> trainer = L.Trainer(max_steps=4, callbacks=[bar], logger=False, enable_model_summary=False,
+        ...                     enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
+        >>> trainer.fit(Classifier(MLP(784, [8], 10)), TensorLoader(x, y, 16))
+        >>> trainer.progress_bar_callback is bar, bar.is_enabled   # stdout is no terminal here: no bar drawn
+        (True, False)
     """
 
     def __init__(self, min_interval: float = 0.5, process_position: int = 0, leave: bool = False, tty_only: bool = True) -> None:

@@ -58,8 +58,24 @@ class RNGState(L.Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[RNGState(), LastCheckpoint(every_n_train_steps=50)])
-        trainer.fit(model, dm, ckpt_path="last")  # same dropout masks as without the interruption
+        >>> import copy, tempfile, torch, lightning as L
+        >>> from dnnkit.data import TensorLoader
+        >>> from dnnkit.modules import Classifier
+        >>> from dnnkit.nn import MLP
+        >>> x, y = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (64,))
+        >>> from dnnkit.callbacks import LastCheckpoint
+        >>> start = Classifier(MLP(784, [8], 10, dropout=0.5))
+        >>> def fit(steps, root, ckpt_path=None):  # the output layer's weights after `steps` steps
+        ...     model = copy.deepcopy(start)
+        ...     trainer = L.Trainer(max_steps=steps, callbacks=[RNGState(), LastCheckpoint(every_n_train_steps=2)], logger=False,
+        ...                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+        ...     trainer.fit(model, TensorLoader(x, y, 16), ckpt_path=ckpt_path)
+        ...     return model.model.output.weight
+        >>> _ = torch.manual_seed(0); uninterrupted = fit(4, tempfile.mkdtemp())
+        >>> _ = torch.manual_seed(0); root = tempfile.mkdtemp(); _ = fit(2, root)    # stopped after step 2
+        >>> _ = torch.manual_seed(1)   # a new process draws other numbers, until the checkpoint's states are back
+        >>> torch.equal(fit(4, root, ckpt_path="last"), uninterrupted)   # same dropout masks as without the interruption
+        True
     """
 
     @override

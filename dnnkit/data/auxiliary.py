@@ -92,12 +92,28 @@ class AuxiliaryDataModule(MNISTDataModule):
 
     Example::
 
-        dm = AuxiliaryDataModule(task="rotation")        # labels 0..3: the rotation
+        >>> import os, tempfile, torch
+        >>> from dnnkit.data.idx import write_idx
+        >>> from dnnkit.data.discovery import FILES
+        >>> root = tempfile.mkdtemp()
+        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
+        ...     n = 300 if key.startswith("train") else 100
+        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+        ...     write_idx(os.path.join(root, stem), data)
+        >>> dm = AuxiliaryDataModule(task="rotation", root=root, val_size=50)
+        >>> dm.setup("fit")  # doctest: +ELLIPSIS
+        mnist: reading ...
+        mnist: 250 train, 50 val, 100 test images
+        >>> images, labels = dm.split("train")
+        >>> dm.class_names, labels.unique().tolist()   # labels 0..3: the rotation
+        (['0°', '90°', '180°', '270°'], [0, 1, 2, 3])
     """
 
     def __init__(self, task: str = "shuffle_patches", patch: int = 7, **kwargs) -> None:
         if kwargs.get("n_per_class") is not None:
-            raise DnnkitError(f"an auxiliary task makes its labels from all images; n_per_class must be null, got {kwargs['n_per_class']!r}")
+            raise DnnkitError(
+                f"an auxiliary task makes its labels from all images; n_per_class must be null, got {kwargs['n_per_class']!r}"
+            )
         super().__init__(**kwargs)
         self.task, self.patch = choose("auxiliary task", task, TASKS), patch
         if task == "shuffle_patches":

@@ -111,9 +111,22 @@ class MNISTDataModule(L.LightningDataModule):
 
     Example::
 
-        dm = MNISTDataModule("fashion_mnist", classes=[5, 6], n_per_class=100)
-        dm.setup("fit")
-        x, y = next(iter(dm.train_dataloader()))   # x: float32 (200, 1, 28, 28), y in {0, 1}
+        >>> import os, tempfile, torch
+        >>> from dnnkit.data.idx import write_idx
+        >>> from dnnkit.data.discovery import FILES
+        >>> root = tempfile.mkdtemp()
+        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
+        ...     n = 300 if key.startswith("train") else 100
+        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+        ...     write_idx(os.path.join(root, stem), data)
+        >>> dm = MNISTDataModule("fashion_mnist", root=root, classes=[5, 6], n_per_class=10, val_size=20)
+        >>> dm.setup("fit")  # doctest: +ELLIPSIS
+        fashion_mnist: reading ...
+        fashion_mnist classes remapped: 5 (Sandal) -> 0, 6 (Shirt) -> 1
+        fashion_mnist: 20 train, 20 val, 20 test images
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> x.dtype, tuple(x.shape), sorted(set(y.tolist()))
+        (torch.float32, (20, 1, 28, 28), [0, 1])
     """
 
     def __init__(
@@ -182,7 +195,16 @@ class MNISTDataModule(L.LightningDataModule):
 
         Example::
 
-            MNISTDataModule("mnist").input_shape()   # (1, 28, 28)
+            >>> import os, tempfile, torch
+            >>> from dnnkit.data.idx import write_idx
+            >>> from dnnkit.data.discovery import FILES
+            >>> root = tempfile.mkdtemp()
+            >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
+            ...     n = 300 if key.startswith("train") else 100
+            ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+            ...     write_idx(os.path.join(root, stem), data)
+            >>> MNISTDataModule("mnist", root=root).input_shape()
+            (1, 28, 28)
         """
         files = find_dataset(self.name, self.root, self.download)
         shape = check_files(self.name, files)["train_images"] or list(read_checked(files["train_images"], 3).shape)

@@ -153,7 +153,7 @@ def _download(info: DatasetInfo, target: Path, timeout: float) -> str | None:
     try:
         getattr(tvd, info.torchvision_class)(str(target), train=True, download=True)
         return None
-    except Exception as err:  # network errors come in many types; we report, never hide
+    except Exception as err:  # noqa: BLE001 - network errors come in many types (urllib, socket, torchvision's own); reported, never hidden
         # torchvision's message spans lines ("Error downloading ...:\nTried URL, got:\n<urlopen error ...>")
         return " ".join(f"{type(err).__name__}: {err}".split())[:300]
     finally:
@@ -165,7 +165,21 @@ def find_dataset(name: str, root: str | Path | None = None, download: bool = Tru
 
     Example::
 
-        files = find_dataset("fashion_mnist")   # {'train_images': Path(...), ...}
+        >>> import os, tempfile, torch
+        >>> from dnnkit.data.idx import write_idx
+        >>> from dnnkit.data.discovery import FILES
+        >>> root = tempfile.mkdtemp(); os.mkdir(os.path.join(root, "fashion-mnist"))
+        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
+        ...     n = 300 if key.startswith("train") else 100
+        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+        ...     write_idx(os.path.join(root, "fashion-mnist", stem), data)
+        >>> files = find_dataset("fashion_mnist", root=root)   # {'train_images': Path(...), ...}
+        >>> files["train_images"].relative_to(root).as_posix()
+        'fashion-mnist/train-images-idx3-ubyte'
+        >>> find_dataset("mnist", root=tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        dnnkit.data.discovery.DatasetNotFound: data.root='...' holds no mnist IDX files (missing train-images-idx3-ubyte[.gz], ...
     """
     info = DATASETS[choose("dataset", name, DATASETS)]
     tried = []
@@ -263,7 +277,21 @@ def check_files(name: str, files: dict[str, Path]) -> dict[str, list[int] | None
 
     Example::
 
-        shapes = check_files("mnist", find_dataset("mnist"))   # {'train_images': [60000, 28, 28], ...}
+        >>> import os, tempfile, torch
+        >>> from dnnkit.data.idx import write_idx
+        >>> from dnnkit.data.discovery import FILES
+        >>> root = tempfile.mkdtemp()
+        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
+        ...     n = 300 if key.startswith("train") else 100
+        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+        ...     write_idx(os.path.join(root, stem), data)
+        >>> check_files("mnist", find_dataset("mnist", root=root))
+        {'train_images': [300, 28, 28], 'train_labels': [300], 'test_images': [100, 28, 28], 'test_labels': [100]}
+        >>> write_idx(os.path.join(root, FILES["test_labels"]), torch.zeros(99))   # one label missing
+        >>> check_files("mnist", find_dataset("mnist", root=root))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        dnnkit.errors.DnnkitError: ...t10k-images-idx3-ubyte holds 100 images but ...t10k-labels-idx1-ubyte 99 labels: ...
     """
     shapes = {key: idx_shape(path, 3 if key.endswith("images") else 1) for key, path in files.items()}
     for split in SPLITS:

@@ -94,7 +94,9 @@ def init_weight_(
     return nn.init.trunc_normal_(weight, 0.0, s, -2 * s, 2 * s, generator=generator)
 
 
-def init_module_(module: nn.Module, scheme: str = "he", distribution: str = "normal", mode: str | None = None, std: float = 1.0) -> nn.Module:
+def init_module_(
+    module: nn.Module, scheme: str = "he", distribution: str = "normal", mode: str | None = None, std: float = 1.0
+) -> nn.Module:
     """Initialise every Linear and Conv layer inside ``module``; biases to zero.
 
     Example::

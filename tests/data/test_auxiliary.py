@@ -69,7 +69,8 @@ def test_bad_settings():
     with pytest.raises(DnnkitError, match="patch=5 must divide the image size 28x28"):
         make_auxiliary(make_images(4, 0)[0], "shuffle_patches", patch=5)
     for patch in (0, -7, 28):  # 28: one tile, so a "shuffled" image is the image itself
-        with pytest.raises(DnnkitError, match=f"patch={patch} must divide the image size 28x28 into at least 2 tiles: one of \\(1, 2, 4, 7, 14\\)"):
+        with pytest.raises(DnnkitError, match=f"patch={patch} must divide the image size 28x28 "
+                                              f"into at least 2 tiles: one of \\(1, 2, 4, 7, 14\\)"):
             AuxiliaryDataModule(patch=patch)
         with pytest.raises(DnnkitError, match=f"patch={patch} must divide the image size 28x28 into at least 2 tiles"):
             make_auxiliary(make_images(4, 0)[0], "shuffle_patches", patch=patch)

@@ -144,7 +144,8 @@ def test_images_and_labels_of_different_lengths_name_both_files(fake_data):
 
     write_idx(fake_data / "mnist" / "train-labels-idx1-ubyte.gz", torch.zeros(1000, dtype=torch.uint8))
     dm = MNISTDataModule("mnist", val_size=100)
-    with pytest.raises(DnnkitError, match=r"^.*train-images-idx3-ubyte.gz holds 1200 images but .*train-labels-idx1-ubyte.gz 1000 labels: "):
+    with pytest.raises(DnnkitError, match=r"^.*train-images-idx3-ubyte.gz holds 1200 images "
+                                          r"but .*train-labels-idx1-ubyte.gz 1000 labels: "):
         dm.train_size()  # from the headers, before any image is read
     with pytest.raises(DnnkitError, match=r"holds 1200 images but .*1000 labels"):
         dm.setup()

@@ -62,7 +62,8 @@ def test_a_given_root_is_the_only_place_looked_at(no_data, monkeypatch):
     write_fake_dataset(no_data / "env" / "mnist", n_train=20, n_test=10)
     monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "env"))
     (no_data / "root").mkdir()
-    with pytest.raises(DatasetNotFound, match=r"^data.root='.*root' holds no mnist IDX files \(missing train-images-idx3-ubyte\[.gz\], .*\); "
+    with pytest.raises(DatasetNotFound, match=r"^data.root='.*root' holds no mnist IDX files "
+                                              r"\(missing train-images-idx3-ubyte\[.gz\], .*\); "
                        r"with data.root set nothing else is searched: .*or set data.root=null to search \$DNNKIT_DATA_DIR$"):
         find_dataset("mnist", root=no_data / "root")
     assert not (no_data / "cache").exists()  # and nothing was downloaded
@@ -80,7 +81,8 @@ def test_a_directory_where_a_file_should_be_is_named(no_data, monkeypatch):
     (no_data / "d" / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     (no_data / "d" / "mnist" / "t10k-labels-idx1-ubyte.gz").mkdir()
     monkeypatch.setenv("DNNKIT_DATA_DIR", str(no_data / "d"))
-    with pytest.raises(DnnkitError, match=r"^.*d/mnist/t10k-labels-idx1-ubyte.gz is a directory, not an IDX file; remove it or put the file t10k-labels-idx1-ubyte.gz in its place$"):
+    with pytest.raises(DnnkitError, match=r"^.*d/mnist/t10k-labels-idx1-ubyte.gz is a directory, not an IDX file; "
+                                          r"remove it or put the file t10k-labels-idx1-ubyte.gz in its place$"):
         find_dataset("mnist", download=False)
 
 
@@ -116,6 +118,7 @@ def test_download_failure_keeps_every_line_of_the_reason(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.slow  # spawns python -m dnnkit.train
 def test_cli_without_data_or_network_fails_fast_and_clearly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DNNKIT_DATA_DIR"}
     env.update(HOME=str(tmp_path), DNNKIT_CACHE_DIR=str(tmp_path / "cache"))

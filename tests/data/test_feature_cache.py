@@ -22,7 +22,7 @@ def test_feature_loader_keeps_order_and_batches():
         loader.sampler.set_epoch(2)
     reference = [net(x) for x, _ in raw]
     skip(layers)
-    for (x, y), (xr, yr), out in zip(cached, raw, reference):
+    for (x, y), (_xr, yr), out in zip(cached, raw, reference):
         assert torch.equal(y, yr) and x.shape == (len(y), 8)
         torch.testing.assert_close(net(x), out)
 

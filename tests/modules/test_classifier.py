@@ -7,8 +7,8 @@ from torch import nn
 
 from dnnkit import Classifier
 from dnnkit.callbacks import EpochSummary
-from dnnkit.modules.base import DnnkitModule
 from dnnkit.data.loader import TensorLoader
+from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn import MLP
 
 
@@ -33,7 +33,7 @@ def test_train_loss_epoch_is_the_exact_mean_and_steps_follow_log_every_n_steps(t
         enable_checkpointing=False, enable_model_summary=False,
     )
     trainer.fit(Classifier(MLP(784, [16], 10)), TensorLoader(x, y, 20, shuffle=True))  # 12 batches, the last of 10
-    mean = sum(l * n for l, n in zip(record.losses, record.sizes)) / sum(record.sizes)
+    mean = sum(loss * n for loss, n in zip(record.losses, record.sizes)) / sum(record.sizes)
     assert abs(float(trainer.callback_metrics["train/loss_epoch"]) - mean) < 1e-5
     assert abs(summary.history[0]["train/loss"] - mean) < 1e-5  # what the epoch-end callbacks read counts every step
     assert {"train/loss", "train/loss_step", "train/loss_epoch"} <= set(trainer.callback_metrics)

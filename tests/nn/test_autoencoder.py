@@ -44,7 +44,9 @@ def test_one_layer_autoencoder_learns():
     first = layer_loss(net.hidden1, dec, x, "bce").item()
     for _ in range(300):
         loss = layer_loss(net.hidden1, dec, x, "bce", "dropout", 0.1)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert layer_loss(net.hidden1, dec, x, "bce").item() < 0.7 * first
     out = reconstruct([net.hidden1], [dec], x, ["bce"])
     assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1

@@ -18,6 +18,7 @@ def crafted(path, config, state=None):
     return path
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~5 s
 def test_a_target_next_to_the_file_is_never_imported(tmp_path):
     (tmp_path / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('code ran')\nclass Net: pass\n")
     crafted(tmp_path / "model.pt", {"_target_": "evil.Net"})
@@ -27,6 +28,7 @@ def test_a_target_next_to_the_file_is_never_imported(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~5 s
 def test_a_huge_config_fails_before_allocating(tmp_path):
     state = MLP(784, [8], 10).state_dict()
     crafted(tmp_path / "model.pt", {"_target_": "dnnkit.nn.MLP", "hidden": [60_000, 60_000]}, state)  # 14 GB if built
@@ -69,7 +71,9 @@ def test_zoo_model_is_standalone_and_loads_without_its_weights_file_or_a_downloa
 
 
 def test_a_file_without_a_state_dict_is_one_message(tmp_path):
-    torch.save({"format": "dnnkit.inference_model/1", "config": {"_target_": "dnnkit.nn.MLP"}, "state_dict": [1], "meta": {}}, tmp_path / "m.pt")
+    torch.save(
+        {"format": "dnnkit.inference_model/1", "config": {"_target_": "dnnkit.nn.MLP"}, "state_dict": [1], "meta": {}}, tmp_path / "m.pt"
+    )
     with pytest.raises(DnnkitError, match="holds no state_dict"):
         load_inference_model(tmp_path / "m.pt")
 

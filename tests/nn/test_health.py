@@ -32,6 +32,7 @@ def record(step: int, grads: dict[str, float], act: dict | None = None) -> dict:
     return {"step": step, "grad": grads, "update": {k: 1e-3 for k in grads}, "act": act or {}}
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~5 s
 def test_importing_the_helpers_loads_no_lightning():
     code = "import sys, dnnkit.nn.health; assert not [m for m in sys.modules if m.startswith('lightning')]"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -39,7 +39,10 @@ def test_dropout_is_alpha_dropout_for_selu():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"hidden": []}, "non-empty list"), ({"hidden": [10, 0]}, "positive layer sizes"), ({"n_outputs": 0}, "n_outputs"), ({"dropout": 1.0}, "dropout")],
+    [
+        ({"hidden": []}, "non-empty list"), ({"hidden": [10, 0]}, "positive layer sizes"), ({"n_outputs": 0}, "n_outputs"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
 )
 def test_bad_shapes_fail_in_the_constructor(kwargs, message):
     with pytest.raises(DnnkitError, match=message):

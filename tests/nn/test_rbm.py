@@ -24,12 +24,14 @@ def test_cd_lowers_reconstruction_error(k, persistent):
     opt = torch.optim.SGD(rbm.parameters(), lr=0.1, momentum=0.5)
     before, pl_before = rbm.reconstruction_error(v).item(), rbm.pseudo_likelihood(v, torch.Generator().manual_seed(1)).item()
     chain = None
-    for epoch in range(30):
+    for _epoch in range(30):
         for b in range(0, len(v), 20):
             batch = v[b : b + 20]
             loss, end = rbm.cd_loss(batch, k=k, chain=chain if persistent else None)
             chain = end
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     after = rbm.reconstruction_error(v).item()
     assert after < 0.5 * before, (before, after)
     assert rbm.pseudo_likelihood(v, torch.Generator().manual_seed(1)).item() > pl_before
@@ -52,7 +54,8 @@ def test_free_energy_matches_brute_force():
     torch.manual_seed(0)
     rbm = BernoulliRBM(3, 2, init_std=1.0)
     with torch.no_grad():
-        rbm.hidden_bias.normal_(); rbm.visible_bias.normal_()
+        rbm.hidden_bias.normal_()
+        rbm.visible_bias.normal_()
     v = torch.tensor([[1.0, 0.0, 1.0]])
     hs = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     energies = -(v @ rbm.visible_bias) - hs @ rbm.hidden_bias - (hs @ rbm.weight @ v.T).squeeze(1)

@@ -39,7 +39,8 @@ def test_the_payload_is_real(evil):
 
 def test_load_state_dict_runs_nothing(evil):
     path, marker = evil
-    with pytest.raises(DnnkitError, match=r"refusing to load '.*evil.ckpt': besides tensors it holds 'exec', which would run when unpickled"):
+    with pytest.raises(DnnkitError, match=r"refusing to load '.*evil.ckpt': besides tensors "
+                                          r"it holds 'exec', which would run when unpickled"):
         read_state_dict(path)
     with pytest.raises(DnnkitError, match="executes nothing"):
         reuse_layers(MLP(784, [300, 100], 10), path, "hidden1")

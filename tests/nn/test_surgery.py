@@ -46,13 +46,15 @@ def test_reuse_copies_parameters_and_buffers_exactly(kind, tmp_path):
 
 
 def test_pattern_matching_nothing_lists_the_layers():
-    with pytest.raises(DnnkitError, match=r"layer pattern 'hiden\[12\]' matches no layer of MLP; layers are: hidden1, hidden1.linear, .*output"):
+    with pytest.raises(DnnkitError, match=r"layer pattern 'hiden\[12\]' matches no layer of "
+                                          r"MLP; layers are: hidden1, hidden1.linear, .*output"):
         reuse_layers(MLP(784, [30, 20], 2), trained_bn_mlp(), "hiden[12]")
 
 
 def test_shape_mismatch_names_the_layer_and_both_shapes():
     b = MLP(784, [30, 25], 2, batch_norm=True)
-    with pytest.raises(DnnkitError, match=r"shape mismatch in layer 'hidden2': linear.weight is \(25, 30\) in the model but \(20, 30\) in the source"):
+    with pytest.raises(DnnkitError, match=r"shape mismatch in layer 'hidden2': linear.weight is "
+                                          r"\(25, 30\) in the model but \(20, 30\) in the source"):
         reuse_layers(b, trained_bn_mlp(), "hidden[12]")
 
 
