@@ -30,6 +30,7 @@ from torch import nn
 from typing_extensions import override
 
 from dnnkit.errors import number
+from dnnkit.io import atomic_write
 from dnnkit.nn.health import (
     REMEDIES,
     Finding,
@@ -209,7 +210,7 @@ class GradientHealth(L.Callback):
     def _report(self, trainer: L.Trainer) -> None:
         folder = Path(trainer.log_dir or trainer.default_root_dir) if trainer.logger else Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "gradient_health.json").write_text(json.dumps(
+        atomic_write(folder / "gradient_health.json", json.dumps(
             {"every_n_steps": self.every_n_steps, "findings": [asdict(f) for f in self.findings], "history": self.history}, indent=1))
         if self.plot and self.history:
             save_health_plot(self.history, folder / "gradient_health.png", self.findings)
