@@ -11,6 +11,7 @@ reads files rather than in-memory results, so it works as well when the jobs ran
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -23,7 +24,7 @@ from typing_extensions import override
 from dnnkit.errors import DnnkitError
 from dnnkit.paths import check_name
 from dnnkit.results import StageResult
-from dnnkit.run_folder import check_writable
+from dnnkit.run_folder import RunLock, check_writable, launch_rank
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,30 @@ class CheckOutputDir(Callback):
 
     @override
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        run_dir = Path(str(config.hydra.run.dir))
         self._checked(
             lambda: check_name("name", OmegaConf.select(config, "name", default="train")),  # it names folders
+            lambda: check_writable(run_dir),
+            lambda: self._lock(run_dir),  # before check_resume reads, and Hydra writes, .hydra/config.yaml
             lambda: check_resume(config) if config.get("resume") else None,
-            lambda: check_writable(Path(str(config.hydra.run.dir))),
         )
+
+    def _lock(self, run_dir: Path) -> None:
+        if launch_rank() == 0:  # DDP children run in the folder their rank 0 holds
+            self.lock = RunLock(run_dir).__enter__()
+            atexit.register(self.lock.__exit__)
+
+    @override
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.__exit__()
 
     @override
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._checked(
             lambda: check_name("name", OmegaConf.select(config, "name", default="train")),
+            lambda: refuse_multirun_resume(config),
             lambda: check_writable(Path(str(config.hydra.sweep.dir))),
         )
 
@@ -103,7 +118,7 @@ def check_resume(config: DictConfig) -> list[str]:
             f"resume=true with settings that shape the run changed: {shown}; a resume may change only "
             f"{', '.join(RESUME_MAY_CHANGE[1:])}. Start a new run (another hydra.run.dir) to train with them"
         )
-    done = sorted({str(p.parent.relative_to(run_dir)) for p in run_dir.glob("**/result.json")})
+    done = sorted({str(p.parent.relative_to(run_dir)) for marker in ("result.json", "fit.json") for p in run_dir.glob(f"**/{marker}")})
     if "trainer.max_epochs" in allowed and done:
         raise DnnkitError(
             f"trainer.max_epochs changed ({stored['trainer.max_epochs']} -> {new['trainer.max_epochs']}) but {', '.join(done)} "
@@ -113,6 +128,16 @@ def check_resume(config: DictConfig) -> list[str]:
         if key != "resume":
             log.info("resume: %s %r -> %r", key, stored.get(key, "<unset>"), new.get(key, "<unset>"))
     return allowed
+
+
+def refuse_multirun_resume(config: DictConfig) -> None:
+    """Hydra writes each sweep job's config before any check could compare it with the stored one."""
+    if config.get("resume"):
+        raise DnnkitError(
+            "resume=true with -m is not supported: resume each job of the sweep in its own folder, "
+            "python -m dnnkit.train <that job's overrides> resume=true hydra.run.dir=<sweep dir>/<job number> "
+            "(an interrupted job prints this command)"
+        )
 
 
 def job_label(overrides: list[str], varying: set[str]) -> str:

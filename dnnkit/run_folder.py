@@ -80,6 +80,8 @@ class RunLock:
                 pid, host = int(owner["pid"]), str(owner["host"])
             except (OSError, ValueError, KeyError, TypeError):
                 owner, pid, host = {}, -1, socket.gethostname()  # unreadable: a writer that died mid-write
+            if host == socket.gethostname() and pid == os.getpid():
+                return self  # this process holds it already (taken before Hydra wrote its config)
             if host == socket.gethostname() and (pid <= 0 or not _alive(pid)):
                 who = pid if pid > 0 else "(unknown)"
                 log.warning("taking over the lock of %s: process %s is no longer running", self.path.parent, who)
@@ -90,7 +92,7 @@ class RunLock:
                 continue
             raise DnnkitError(
                 f"another run (process {pid} on {host}, since {owner.get('since', '?')}) is using {str(self.path.parent)!r}; "
-                "wait for it to finish, or choose another folder with hydra.run.dir=..."
+                f"wait for it to finish, or choose another folder with hydra.run.dir=... (if it is not running, delete {self.path})"
             )
         raise DnnkitError(f"cannot take the lock {str(self.path)!r}: it keeps changing")
 
@@ -102,6 +104,14 @@ class RunLock:
                 if err.errno != errno.ENOENT:
                     log.warning("could not remove the lock %s: %s", self.path, err)
             self.held = False
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it (0 outside DDP, before Lightning sets it)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def read_marker(path: Path) -> dict | None:

@@ -184,6 +184,8 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items() if not k.endswith("_step")}
+        if summary.history:  # a fit resumed at its very end runs no loop and logs nothing: the last epoch's row
+            metrics = {**{k: v for k, v in summary.history[-1].items() if k != "epoch"}, **metrics}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:  # no validation ran (or no checkpoint callback): later stages reuse the final weights
             best = str(stage_dir / "checkpoints" / "final.ckpt")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from dnnkit import interrupt
@@ -51,8 +53,10 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         results = run_recipe(cfg, run_dir)
-    except interrupt.Interrupted as stop:
-        log.warning("%s; resume with:\n  %s", stop, interrupt.resume_command(run_dir))
+    except (interrupt.Interrupted, SIGTERMException) as stop:
+        stop = stop if isinstance(stop, interrupt.Interrupted) else interrupt.Interrupted(signal.SIGTERM)
+        overrides = list(HydraConfig.get().overrides.task)
+        log.warning("%s; resume with:\n  %s", stop, interrupt.resume_command(run_dir, overrides))
         sys.exit(stop.exit_code)
     except Exception as err:
         ours = find_dnnkit_error(err)

@@ -114,3 +114,17 @@ class SignalAt(L.Callback):
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if self.step == -1:
             self._send(trainer)
+
+
+class SignalAtEpochEnd(L.Callback):
+    """Send SIGTERM to this process in ``on_train_epoch_end`` of epoch ``epoch`` (0-based), once per
+    run folder: Lightning's own SIGTERM handling would end the fit there with exit status 0."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        sent = Path(trainer.default_root_dir) / "signal.sent"
+        if trainer.current_epoch == self.epoch and not sent.exists():
+            sent.write_text("SIGTERM")
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -33,3 +33,17 @@ def test_crafted_checkpoint_paths_are_ignored_on_resume(fake_data, tmp_path):
     run_recipe(compose_config(FAST + ["resume=true", "trainer.max_epochs=3"]), run)
     assert victim.is_file() and hashlib.sha256(victim.read_bytes()).hexdigest() == digest
     assert (stage / "checkpoints" / "last.ckpt").is_file() and (stage / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_a_moved_run_folder_resumes_on_its_own_best_checkpoint(fake_data, tmp_path):
+    import shutil
+
+    first = tmp_path / "runs" / "first"
+    done = run_recipe(compose_config(FAST + ["trainer.max_epochs=2"]), first)[0]
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(first, moved)
+    for marker in ("result.json", "fit.json"):
+        (moved / "train" / marker).unlink()  # interrupted at its very end, then the folder was moved
+    again = run_recipe(compose_config(FAST + ["trainer.max_epochs=2", "resume=true"]), moved)[0]
+    assert again.best_checkpoint == str(moved / "train" / "checkpoints" / "best.ckpt")
+    assert again.metrics["val/acc"] == done.metrics["val/acc"] and again.metrics["test/acc"] == done.metrics["test/acc"]

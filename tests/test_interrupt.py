@@ -55,6 +55,15 @@ def test_signal_saves_prints_the_resume_command_and_resumes_exactly(fake_data, t
 
 
 def test_resume_command_quotes_what_the_shell_would_split():
-    assert resume_command("runs/a b", ["x", "name=my run", "resume=true"]) == (
+    assert resume_command("runs/a b", ["-m", "name=my run", "resume=true"]) == (
         "python -m dnnkit.train 'name=my run' resume=true 'hydra.run.dir=runs/a b'"
     )
+
+
+def test_sigterm_at_an_epoch_end_is_not_an_exit_0(fake_data, tmp_path):
+    run = tmp_path / "run"
+    probe = "+callbacks.signal={_target_: tests.probes.SignalAtEpochEnd, epoch: 0}"
+    proc = subprocess.run(cli(*RUN, probe, f"hydra.run.dir={run}"),
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 143, (proc.stdout + proc.stderr)[-2000:]
+    assert "interrupted by SIGTERM; resume with:" in proc.stdout + proc.stderr

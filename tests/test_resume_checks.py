@@ -2,7 +2,10 @@
 write outside the run folder. CLI tests (Hydra's callbacks run only there)."""
 
 import hashlib
+import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +90,22 @@ def test_runs_started_in_the_same_second_get_their_own_folders(fake_data, tmp_pa
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-1000:] for p in procs]
     folders = sorted((tmp_path / "runs" / "train").iterdir())
     assert len(folders) == 2 and all((f / "results.md").is_file() for f in folders)
+
+
+def test_a_refused_second_run_leaves_the_first_runs_stored_config_alone(tmp_path, interrupted):
+    folder, killer = interrupted
+    stored = (folder / ".hydra" / "config.yaml").read_text()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (folder / ".dnnkit.lock").write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename, "since": "x"}))
+        proc = run(tmp_path, killer, f"hydra.run.dir={folder}", "resume=true", "trainer.max_epochs=9")
+    finally:
+        other.kill()
+    assert proc.returncode == 2 and f"another run (process {other.pid}" in proc.stderr
+    assert (folder / ".hydra" / "config.yaml").read_text() == stored
+
+
+def test_resume_with_a_sweep_is_refused(fake_data, tmp_path):
+    proc = subprocess.run(cli("-m", *FAST, "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}", "resume=true"),
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and "resume=true with -m is not supported" in proc.stderr

@@ -25,11 +25,24 @@ def dead_pid() -> int:
 
 def test_a_second_run_in_the_same_folder_is_refused(fake_data, tmp_path):
     run = tmp_path / "run"
-    with RunLock(run):
-        with pytest.raises(DnnkitError, match=rf"another run \(process {os.getpid()} on .*\) is using '.*run'; wait"):
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename, "since": "x"}))
+        with pytest.raises(DnnkitError, match=rf"another run \(process {other.pid} on .*\) is using '.*run'; wait"):
             run_recipe(compose_config(FAST), run)
+    finally:
+        other.kill()
     assert not (run / "train").exists()  # nothing of the refused run was written
-    assert not (run / LOCK).exists()  # released
+    assert (run / LOCK).exists()  # the other run's lock is left alone
+
+
+def test_the_lock_is_reentrant_for_its_own_process(fake_data, tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run):  # as the CLI takes it before Hydra writes .hydra/
+        run_recipe(compose_config(FAST), run)
+        assert (run / LOCK).exists()
+    assert not (run / LOCK).exists()
 
 
 def test_a_stale_lock_is_taken_over(fake_data, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -29,19 +30,51 @@ def confine_state(state: dict, dirpath: str | None) -> dict:
         {'best_model_path': '', 'last_model_path': '/r/checkpoints/last.ckpt', 'best_k_models': {}}
     """
     state = dict(state)
+    moved = _mover(state.get("dirpath"), dirpath)
+    if moved is not None:
+        state["dirpath"] = dirpath
     outside = []
-    for key in PATH_KEYS:
-        path = state.get(key)
+    for key in (k for k in PATH_KEYS if k in state):
+        path = moved(state[key]) if moved and state[key] else state[key]
+        state[key] = path
         if path and (dirpath is None or not is_inside(path, dirpath)):
             outside.append(path)
             state[key] = ""
     if isinstance(state.get("best_k_models"), dict):
-        kept = {p: v for p, v in state["best_k_models"].items() if dirpath is not None and is_inside(p, dirpath)}
-        outside += [p for p in state["best_k_models"] if p not in kept]
+        models = {moved(p) if moved else p: v for p, v in state["best_k_models"].items()}
+        kept = {p: v for p, v in models.items() if dirpath is not None and is_inside(p, dirpath)}
+        outside += [p for p in models if p not in kept]
         state["best_k_models"] = kept
     if outside:
         log.warning("the checkpoint names files outside %s, ignored (never written or deleted): %s", dirpath, ", ".join(map(str, outside)))
     return state
+
+
+def _mover(old: str | None, new: str | None):
+    """For a run folder that was moved or copied: a function mapping ``<old dirpath>/<file>`` to
+    ``<new dirpath>/<file>`` when that file exists there (anything else is returned as it is), or
+    None when the folder did not move.
+
+    Example::
+
+        >>> import tempfile, pathlib
+        >>> new = tempfile.mkdtemp(); (pathlib.Path(new) / "best.ckpt").touch()
+        >>> _mover("/old/checkpoints", new)("/old/checkpoints/best.ckpt") == f"{new}/best.ckpt"
+        True
+    """
+    if not old or not new or os.path.normpath(old) == os.path.normpath(new):
+        return None
+    old = os.path.normpath(old)
+
+    def move(path: str) -> str:
+        name = os.path.basename(path)
+        candidate = os.path.join(new, name)
+        if os.path.dirname(os.path.normpath(path)) == old and os.path.normpath(path) == os.path.join(old, name) \
+                and os.path.isfile(candidate):
+            return candidate
+        return path
+
+    return move
 
 
 class ConfinedState:
