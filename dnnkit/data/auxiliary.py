@@ -93,13 +93,8 @@ class AuxiliaryDataModule(MNISTDataModule):
     Example::
 
         >>> import os, tempfile, torch
-        >>> from dnnkit.data.idx import write_idx
-        >>> from dnnkit.data.discovery import FILES
-        >>> root = tempfile.mkdtemp()
-        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
-        ...     n = 300 if key.startswith("train") else 100
-        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
-        ...     write_idx(os.path.join(root, stem), data)
+        >>> from dnnkit.data.discovery import write_example_files
+        >>> root = write_example_files(tempfile.mkdtemp())  # a tiny stand-in for the four IDX files
         >>> dm = AuxiliaryDataModule(task="rotation", root=root, val_size=50)
         >>> dm.setup("fit")  # doctest: +ELLIPSIS
         mnist: reading ...

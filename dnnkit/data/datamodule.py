@@ -112,13 +112,8 @@ class MNISTDataModule(L.LightningDataModule):
     Example::
 
         >>> import os, tempfile, torch
-        >>> from dnnkit.data.idx import write_idx
-        >>> from dnnkit.data.discovery import FILES
-        >>> root = tempfile.mkdtemp()
-        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
-        ...     n = 300 if key.startswith("train") else 100
-        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
-        ...     write_idx(os.path.join(root, stem), data)
+        >>> from dnnkit.data.discovery import write_example_files
+        >>> root = write_example_files(tempfile.mkdtemp())  # a tiny stand-in for the four IDX files
         >>> dm = MNISTDataModule("fashion_mnist", root=root, classes=[5, 6], n_per_class=10, val_size=20)
         >>> dm.setup("fit")  # doctest: +ELLIPSIS
         fashion_mnist: reading ...
@@ -196,13 +191,8 @@ class MNISTDataModule(L.LightningDataModule):
         Example::
 
             >>> import os, tempfile, torch
-            >>> from dnnkit.data.idx import write_idx
-            >>> from dnnkit.data.discovery import FILES
-            >>> root = tempfile.mkdtemp()
-            >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
-            ...     n = 300 if key.startswith("train") else 100
-            ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
-            ...     write_idx(os.path.join(root, stem), data)
+            >>> from dnnkit.data.discovery import write_example_files
+            >>> root = write_example_files(tempfile.mkdtemp())  # a tiny stand-in for the four IDX files
             >>> MNISTDataModule("mnist", root=root).input_shape()
             (1, 28, 28)
         """

@@ -71,6 +71,27 @@ class DatasetNotFound(DnnkitError):
     """None of the places searched holds the dataset."""
 
 
+def write_example_files(root: str | Path, n_train: int = 300, n_test: int = 100) -> str:
+    """Write four tiny IDX files of random images (labels 0..9 in turn) into ``root``; return it.
+    A stand-in for MNIST in examples and tests.
+
+    Example::
+
+        >>> import tempfile
+        >>> sorted(os.listdir(write_example_files(tempfile.mkdtemp())))[:2]
+        ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']
+    """
+    import torch
+
+    from dnnkit.data.idx import write_idx
+
+    for key, stem in FILES.items():
+        n = n_train if key.startswith("train") else n_test
+        data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
+        write_idx(os.path.join(root, stem), data)
+    return str(root)
+
+
 def _is_file(path: Path) -> bool:
     """Whether ``path`` is a file; a directory in its place, or a path that cannot be looked at
     (too long, no permission), is one error naming it."""
@@ -278,15 +299,10 @@ def check_files(name: str, files: dict[str, Path]) -> dict[str, list[int] | None
     Example::
 
         >>> import os, tempfile, torch
-        >>> from dnnkit.data.idx import write_idx
-        >>> from dnnkit.data.discovery import FILES
-        >>> root = tempfile.mkdtemp()
-        >>> for key, stem in FILES.items():  # a tiny stand-in for the four IDX files
-        ...     n = 300 if key.startswith("train") else 100
-        ...     data = torch.randint(0, 256, (n, 28, 28)) if key.endswith("images") else torch.arange(n) % 10
-        ...     write_idx(os.path.join(root, stem), data)
+        >>> root = write_example_files(tempfile.mkdtemp())  # a tiny stand-in for the four IDX files
         >>> check_files("mnist", find_dataset("mnist", root=root))
         {'train_images': [300, 28, 28], 'train_labels': [300], 'test_images': [100, 28, 28], 'test_labels': [100]}
+        >>> from dnnkit.data.idx import write_idx
         >>> write_idx(os.path.join(root, FILES["test_labels"]), torch.zeros(99))   # one label missing
         >>> check_files("mnist", find_dataset("mnist", root=root))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
