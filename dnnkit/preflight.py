@@ -29,26 +29,24 @@ dnnkit and Lightning might log more.
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import math
 import re
 
 import torch
 from hydra.utils import get_object
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dnnkit.errors import DnnkitError, find_dnnkit_error, not_a_boolean, number, refuse_booleans
+from dnnkit.build import build_module, instantiate, unknown_argument
+from dnnkit.errors import DnnkitError, not_a_boolean, number, refuse_booleans
 from dnnkit.nn.freeze import left_trainable
-from dnnkit.nn.surgery import restack, reusable_layers, reuse_layers
+from dnnkit.nn.surgery import reusable_layers, reuse_layers
 from dnnkit.paths import check_name
 
 log = logging.getLogger(__name__)
 
 SEED_LIMIT = 2**32
-SURGERY = ("drop", "add", "n_outputs", "init", "init_distribution")  # reuse keys that reshape the model (see runner)
 OPTIMIZER_RANGES = {  # key: (low, high, high_open): number(f"optimizer.{key}", value, low, high, ...)
     "momentum": (0, 1, True), "dampening": (0, 1, False), "weight_decay": (0, None, False), "eps": (0, None, False),
     "lr_decay": (0, None, False), "initial_accumulator_value": (0, None, False), "momentum_decay": (0, None, False),
@@ -157,34 +155,6 @@ def check_numbers(name: str, spec: dict) -> None:
 # ----------------------------------------------------------------------------- data and model
 
 
-def instantiate(config, *args, **kwargs):
-    """Hydra's ``instantiate``; a DnnkitError comes out as itself, an unknown argument as one."""
-    try:
-        return hydra_instantiate(config, *args, **kwargs)
-    except Exception as err:
-        ours = find_dnnkit_error(err) or unknown_argument(config, err)
-        if ours is None:
-            raise
-        raise ours from None
-
-
-def unknown_argument(config, err: BaseException, what: str | None = None) -> DnnkitError | None:
-    """One error naming the argument and the valid ones, if ``err`` says ``config``'s target got
-    an argument it does not take."""
-    while err is not None:
-        found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if found and isinstance(config, dict) and isinstance(config.get("_target_"), str):
-            target = config["_target_"]
-            try:
-                valid = [n for n in inspect.signature(get_object(target)).parameters if n not in ("self", "params", "args", "kwargs")]
-            except Exception:  # noqa: BLE001
-                valid = []
-            name = target.rsplit(".", 1)[-1]
-            return DnnkitError(f"{what or target}: {name} takes no argument {found.group(1)!r}; valid: {', '.join(sorted(valid))}")
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def data_facts(datamodule) -> dict:
     """What the datamodule says cheaply: ``classes``, ``shape`` (C, H, W), ``train`` (images)."""
     facts = {"classes": getattr(datamodule, "num_classes", None)}
@@ -194,23 +164,16 @@ def data_facts(datamodule) -> dict:
 
 
 def meta_module(spec: dict) -> torch.nn.Module | None:
-    """The stage's LightningModule as the runner builds it (``build_module``), on the meta device;
-    None where that cannot be done there (the fit then reports what it finds)."""
+    """The stage's LightningModule as the runner builds it (:func:`build_module`), on the meta
+    device; None where that cannot be done there (the fit then reports what it finds)."""
     if not spec.get("model") or not spec.get("module"):
         return None
     model_cfg = dict(spec["model"])
     if model_cfg.get("weights") is not None:
         model_cfg["weights"] = None  # shapes do not depend on pretrained weights: never load or download them here
-    reuse = spec.get("reuse") or {}
-    surgery = {k: reuse[k] for k in SURGERY if reuse.get(k) is not None}
     try:
         with torch.device("meta"):
-            model = instantiate(model_cfg, _convert_="all")
-            if surgery:
-                model = restack(model, **surgery)
-            optimizer = instantiate(spec["optimizer"]) if spec.get("optimizer") else None
-            scheduler = instantiate(spec["scheduler"]) if spec.get("scheduler") else None
-            return instantiate(spec["module"], model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
+            return build_module(OmegaConf.create({**spec, "model": model_cfg}))
     except DnnkitError:
         raise
     except Exception as err:  # noqa: BLE001 - e.g. an operation with no meta kernel: skip, the fit will tell

@@ -19,7 +19,6 @@ from typing import Protocol, runtime_checkable
 
 import lightning as L
 import torch
-from hydra.utils import instantiate as hydra_instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -27,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 from typing_extensions import override
 
 from dnnkit import interrupt
+from dnnkit.build import build_module, instantiate
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.checkpoint_io import AtomicCheckpointIO
-from dnnkit.errors import DnnkitError, find_dnnkit_error
+from dnnkit.errors import DnnkitError
 from dnnkit.interrupt import StopOnSignal
-from dnnkit.nn.surgery import read_state_dict, restack, reusable_layers, reuse_layers
+from dnnkit.nn.surgery import read_state_dict, reusable_layers, reuse_layers
 from dnnkit.paths import confined
 from dnnkit.plots import save_curves
 from dnnkit.preflight import preflight
@@ -49,18 +49,6 @@ class OffersDataModule(Protocol):
     """A callback that may offer a cheaper datamodule to fit on (e.g. cached frozen features)."""
 
     def cached_datamodule(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> L.LightningDataModule: ...
-
-
-def instantiate(config, *args, **kwargs):
-    """Hydra's ``instantiate``, but a constructor's DnnkitError comes out as itself, not wrapped
-    in Hydra's InstantiationException (so callers of :func:`run_recipe` can catch it)."""
-    try:
-        return hydra_instantiate(config, *args, **kwargs)
-    except Exception as err:
-        ours = find_dnnkit_error(err)
-        if ours is None:
-            raise
-        raise ours from None
 
 
 class StageLogging(L.Callback):
@@ -87,17 +75,6 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
         # so that `trainer.enable_progress_bar=false` alone turns the bar off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return callbacks
-
-
-def build_module(cfg: DictConfig) -> L.LightningModule:
-    model = instantiate(cfg.model, _convert_="all")
-    reuse = cfg.get("reuse") or {}
-    surgery = {k: reuse[k] for k in ("drop", "add", "n_outputs", "init", "init_distribution") if reuse.get(k) is not None}
-    if surgery:  # the stage's model is the source's shape; reshape it before the weights are copied
-        model = restack(model, **OmegaConf.to_container(OmegaConf.create(surgery)))
-    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return instantiate(cfg.module, model=model, optimizer=optimizer, scheduler=scheduler, _convert_="all")
 
 
 def resume_checkpoint(stage_dir: Path, resume: bool) -> str | None:
