@@ -61,6 +61,26 @@ def _n_classes(classes) -> int:
 
 if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+def _input_shape(data, index=None):
+    """``data``'s ``input_shape()`` (``(C, H, W)`` of an image, ``(F,)`` of a feature vector), or
+    its ``index``-th entry: ``in_channels: ${dnnkit.input_shape:${data},0}`` in a model config lets
+    ``data=folder model=cnn`` need no extra keys. The datamodule is built (cheaply: it reads a
+    header or one file, not the data) once per distinct data config in a process."""
+    key = OmegaConf.to_yaml(data, resolve=True) if isinstance(data, DictConfig) else repr(data)
+    if key not in _SHAPES:
+        from dnnkit.build import instantiate
+
+        datamodule = instantiate(data, _convert_="all")
+        if not callable(getattr(datamodule, "input_shape", None)):
+            raise DnnkitError(f"{type(datamodule).__name__} has no input_shape(); give the model's input size explicitly")
+        _SHAPES[key] = tuple(datamodule.input_shape())
+    shape = _SHAPES[key]
+    return list(shape) if index is None else shape[int(index)]
+
+
+_SHAPES: dict[str, tuple[int, ...]] = {}
+if not OmegaConf.has_resolver("dnnkit.input_shape"):
+    OmegaConf.register_new_resolver("dnnkit.input_shape", _input_shape)
 if not OmegaConf.has_resolver("dnnkit.pid"):  # run folders of jobs started in the same second differ
     OmegaConf.register_new_resolver("dnnkit.pid", os.getpid, use_cache=True)
 
