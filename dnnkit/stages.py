@@ -35,6 +35,7 @@ unknown key, bad ``seeds`` or ``published``, or a ``reuse.from`` that names no e
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,6 +82,49 @@ def _input_shape(data, index=None):
 _SHAPES: dict[str, tuple[int, ...]] = {}
 if not OmegaConf.has_resolver("dnnkit.input_shape"):
     OmegaConf.register_new_resolver("dnnkit.input_shape", _input_shape)
+
+
+def _nominal(data, attr: str):
+    """``attr`` of ``data``'s ``_target_`` class (``nominal_input_shape``, ``nominal_num_classes``), or None."""
+    target = data.get("_target_") if isinstance(data, (DictConfig, Mapping)) else None
+    try:
+        from hydra.utils import get_object
+
+        return getattr(get_object(target), attr, None) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001 - a target that does not import: building it says why
+        return None
+
+
+def _input_features(data) -> int:
+    """The values in one sample of ``data`` (the product of :func:`_input_shape`): ``n_inputs:
+    ${dnnkit.input_features:${data}}`` in model/mlp.yaml. A class with a ``nominal_input_shape``
+    (MNIST's 1x28x28) answers without being built, so configs resolve without the data and the
+    preflight still checks the model against the files' own header."""
+    shape = _nominal(data, "nominal_input_shape") or _input_shape(data)
+    return int(math.prod(shape))
+
+
+def _num_classes(data) -> int:
+    """``len(data.classes)``, else the class's ``nominal_num_classes`` (MNIST's 10), else the built
+    datamodule's ``num_classes`` (an ``.npz``'s or a torchvision set's labels): ``n_outputs``."""
+    if data.get("classes"):
+        return len(data.get("classes"))
+    nominal = _nominal(data, "nominal_num_classes")
+    if nominal:
+        return int(nominal)
+    key = OmegaConf.to_yaml(data, resolve=True) if isinstance(data, DictConfig) else repr(data)
+    if key not in _CLASSES:
+        from dnnkit.build import instantiate
+
+        _CLASSES[key] = int(instantiate(data, _convert_="all").num_classes)
+    return _CLASSES[key]
+
+
+_CLASSES: dict[str, int] = {}
+if not OmegaConf.has_resolver("dnnkit.input_features"):
+    OmegaConf.register_new_resolver("dnnkit.input_features", _input_features)
+if not OmegaConf.has_resolver("dnnkit.num_classes"):
+    OmegaConf.register_new_resolver("dnnkit.num_classes", _num_classes)
 if not OmegaConf.has_resolver("dnnkit.pid"):  # run folders of jobs started in the same second differ
     OmegaConf.register_new_resolver("dnnkit.pid", os.getpid, use_cache=True)
 

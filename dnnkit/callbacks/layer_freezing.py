@@ -30,7 +30,8 @@ of the fifth epoch, printed ``epoch 5: unfroze ...`` just before the ``epoch 5/2
 
 With ``cache=True`` (the default) the recipe runner computes the outputs of frozen layers that
 form the bottom of the network once and trains the rest on them (:meth:`cached_datamodule`,
-:mod:`dnnkit.data.feature_cache`). In your own Trainer the callback only freezes unless you
+:mod:`dnnkit.data.feature_cache`), except when the training split is augmented (``data.augment``):
+then it only freezes, and says so. In your own Trainer the callback only freezes unless you
 pass ``datamodule=cb.cached_datamodule(model, datamodule)`` to ``fit``.
 """
 
@@ -136,8 +137,13 @@ class LayerFreezing(L.Callback):
         the frozen layers are the bottom of ``pl_module``'s network and stay frozen (``cache``
         on, no ``unfreeze_at_epoch``); the frozen layers then pass their input through. Else
         ``datamodule`` itself. Call before ``trainer.fit``; :meth:`restore_layers` undoes it.
+        An augmented training split (``data.augment``) is never cached: its images change every batch.
         """
         if not self.caches:
+            return datamodule
+        if getattr(datamodule, "augment", None) is not None:
+            self._print("LayerFreezing: not caching the frozen layers: data.augment changes the training images every batch, "
+                        "so their outputs cannot be computed once")
             return datamodule
         frozen = freeze(pl_module, self.frozen, self.trainable)
         try:

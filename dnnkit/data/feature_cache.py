@@ -6,7 +6,9 @@ the upper layers on those outputs.
 first time a split is asked for it runs ``bottom`` over that split once (in order, in chunks)
 and from then on serves the outputs through a :class:`FeatureLoader` that keeps the original
 loader's batch size, seed and shuffle order, so a cached run sees the same batches in the same
-order as an uncached one and reaches the same accuracy. The model must skip the cached layers
+order as an uncached one and reaches the same accuracy. An augmented training split
+(``data.augment``) changes every batch, so it cannot be cached: :class:`CachedDataModule` refuses
+it, and :meth:`dnnkit.callbacks.LayerFreezing.cached_datamodule` does not cache (and says why). The model must skip the cached layers
 meanwhile (:func:`dnnkit.nn.freeze.skip`); :class:`dnnkit.callbacks.LayerFreezing` sets both up.
 """
 
@@ -83,6 +85,11 @@ class CachedDataModule(L.LightningDataModule):
         loader = make()
         if not isinstance(loader, TensorLoader):
             raise DnnkitError(f"caching frozen layers needs TensorLoader batches, {split} gives {type(loader).__name__}")
+        if getattr(loader, "augment", None) is not None:
+            raise DnnkitError(
+                f"cannot cache the frozen layers' outputs of the {split} split: it is augmented ({loader.augment!r}), so its "
+                "images change every batch; set data.augment=null or callbacks.layer_freezing.cache=false"
+            )
         if split not in self.features:
             start = time.perf_counter()
             self.features[split] = compute_features(self.bottom, loader)

@@ -7,13 +7,23 @@ whole batch at once (one gather), converts uint8 to float32 on the fly and does 
 
 The shuffle order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
 batches as one that was never interrupted; ``state_dict`` records how far into the epoch it
-got, and under DDP each rank takes every ``world_size``-th batch of the same order.
+got, and under DDP each rank takes every ``world_size``-th batch of the same order. With an
+``augment`` (training split only), batch ``b`` of epoch ``e`` is augmented with a generator
+seeded by ``(seed, e, b)`` alone (:func:`dnnkit.data.augment.batch_generator`), so a resumed run
+sees the same augmented batches too.
+
+Samples may be uint8 images (scaled to [0, 1]), float32 images already in [0, 1], or float32
+feature vectors (N, F), served as they are; ``mean``/``std`` are numbers or one per channel
+(images) or feature (vectors).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from dnnkit.data.augment import batch_generator
 from dnnkit.errors import DnnkitError, number
 
 
@@ -32,10 +42,15 @@ class TensorLoader:
 
     Args:
         images: uint8 tensor (N, H, W) or (N, C, H, W); batches come out float32 (B, C, H, W).
+            A float tensor (N, C, H, W) is taken as scaled already; a 2-D one (N, F) as
+            feature vectors, batches (B, F).
         labels: int64 tensor (N,).
         batch_size: samples per batch; the last batch may be smaller unless ``drop_last``.
         shuffle: a new order each epoch, drawn from ``(seed, epoch)``.
-        mean, std: standardise after scaling (``None``: keep [0, 1]).
+        mean, std: standardise after scaling (``None``: keep [0, 1]); numbers, or a sequence
+            or tensor of one per channel (per feature for vectors).
+        augment: ``augment(x, generator)`` on each float batch before standardising
+            (:class:`dnnkit.data.augment.BatchAugment`).
 
     Example::
 
@@ -57,6 +72,7 @@ class TensorLoader:
         std: float | None = None,
         rank: int = 0,
         world_size: int = 1,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         number("batch_size", batch_size, 1, integer=True)
         number("seed", seed, 0, integer=True)
@@ -64,11 +80,16 @@ class TensorLoader:
         number("rank", rank, 0, world_size, integer=True, high_open=True)
         if len(images) != len(labels):
             raise DnnkitError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images if images.dim() == 4 else images.unsqueeze(1)
+        self.images = images.unsqueeze(1) if images.dim() == 3 else images
         self.labels = labels
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.scale = 1.0 / 255.0 if std is None else 1.0 / (255.0 * std)
-        self.shift = 0.0 if mean is None else mean / (std or 1.0)
+        self.augment = augment
+        self.base = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0  # to [0, 1]
+        mean, std = _per_channel(mean, self.images), _per_channel(std, self.images)
+        # 1 / (255 std) as one number, as before: the same floats as the runs in docs/RESULTS.md
+        self.scale = self.base if std is None else 1.0 / (255.0 * std) if images.dtype == torch.uint8 else 1.0 / std
+        self.shift = 0.0 if mean is None else mean / (1.0 if std is None else std)
+        self.mean, self.std = mean, std
         self.rank, self.world_size = rank, world_size
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects DataLoader-like attributes
@@ -104,9 +125,22 @@ class TensorLoader:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # index_select gathers 200 uint8 images ~5x faster than advanced indexing (images[idx])
-        x = self.images.index_select(0, idx).float().mul_(self.scale)
-        if self.shift:
-            x.sub_(self.shift)
+        x = self.images.index_select(0, idx)
+        x = x.float().mul_(self.scale) if x.dtype == torch.uint8 or _nonunit(self.scale) else x.float()
+        if _nonzero(self.shift):
+            x = x.sub_(self.shift)
+        return x, self.labels.index_select(0, idx)
+
+    def augmented_batch(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`batch`, augmented in [0, 1] before standardising."""
+        x = self.images.index_select(0, idx).float()
+        if self.base != 1.0:
+            x = x.mul_(self.base)
+        x = self.augment(x, generator)
+        if self.mean is not None:
+            x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
         return x, self.labels.index_select(0, idx)
 
     def __iter__(self):
@@ -120,7 +154,11 @@ class TensorLoader:
         for i in range(skip, len(self)):
             b = self.rank + i * self.world_size
             self._served = i + 1
-            yield self.batch(order[b * bs : (b + 1) * bs])
+            idx = order[b * bs : (b + 1) * bs]
+            if self.augment is None:
+                yield self.batch(idx)
+            else:
+                yield self.augmented_batch(idx, batch_generator(self.seed, self.sampler.epoch, b))
 
     # Lightning saves and restores these for mid-epoch resume (the "stateful dataloader" protocol).
     def state_dict(self) -> dict:
@@ -129,3 +167,24 @@ class TensorLoader:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.epoch = state["epoch"]
         self._resume = (state["epoch"], state["served"])
+
+
+def _per_channel(value, images: torch.Tensor):
+    """``value`` as a float (a number) or a tensor broadcasting over channel (images) or feature
+    (vectors) ``dim 1`` of a batch; ``None`` stays ``None``."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        return float(t)
+    if t.numel() != images.shape[1]:
+        raise DnnkitError(f"{t.numel()} normalisation values for samples of {images.shape[1]} channels or features")
+    return t.view(1, -1, *([1] * (images.dim() - 2)))
+
+
+def _nonunit(value) -> bool:
+    return isinstance(value, torch.Tensor) or value != 1.0
+
+
+def _nonzero(value) -> bool:
+    return isinstance(value, torch.Tensor) or bool(value)

@@ -8,7 +8,7 @@ import pytest
 
 from bench.common import markers
 
-BENCHES = ("speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines")
+BENCHES = ("speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines", "data_folder")
 REAL_RESULTS = Path(__file__).resolve().parents[2] / "docs" / "RESULTS.md"
 
 
