@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from dnnkit import interrupt
 from dnnkit.console import route_to_root
 from dnnkit.errors import find_dnnkit_error
+from dnnkit.hydra_callbacks import with_checked_choices
 from dnnkit.runner import close_process_group, run_recipe
 from dnnkit.stages import config_dir
 
@@ -45,6 +46,7 @@ def report_error(message: str) -> None:
     log.error("error: %s", message, extra={"console": False})
 
 
+@with_checked_choices  # logger=nope, hparams_search=nope: one line, exit 2 (Hydra's error is several, exit 1)
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     route_to_root()
@@ -68,7 +70,8 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         close_process_group()
     last = results[-1].metrics if results else {}
-    return last.get("val/acc")
+    metric = cfg.get("optimized_metric")  # the last stage's, for a sweeper (hparams_search=optuna)
+    return last.get(metric) if metric else None
 
 
 if __name__ == "__main__":
