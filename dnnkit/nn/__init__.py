@@ -1,8 +1,9 @@
-"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, layer selection,
+"""Plain PyTorch building blocks (no Lightning): init, activations, MLPs, CNNs, layer selection,
 freezing, surgery, the torchvision model zoo, autoencoders, RBMs, batch-norm folding and export."""
 
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
 from dnnkit.nn.autoencoder import LayerDecoder, corrupt
+from dnnkit.nn.cnn import CNN, ConvBlock
 from dnnkit.nn.export import load_inference_model, save_inference_model
 from dnnkit.nn.fold import fold_batchnorm
 from dnnkit.nn.freeze import freeze, unfreeze
@@ -15,8 +16,10 @@ from dnnkit.nn.zoo import ZooNet
 
 __all__ = [
     "ACTIVATIONS",
+    "CNN",
     "MLP",
     "BernoulliRBM",
+    "ConvBlock",
     "DenseBlock",
     "LayerDecoder",
     "ZooNet",

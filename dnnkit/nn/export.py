@@ -63,10 +63,12 @@ def register_model(cls: type[nn.Module], *names: str) -> type[nn.Module]:
 
 
 def _dnnkit_models() -> None:
+    from dnnkit.nn.cnn import CNN
     from dnnkit.nn.mlp import MLP
     from dnnkit.nn.zoo import ZooNet
 
     register_model(MLP, "dnnkit.nn.MLP")
+    register_model(CNN, "dnnkit.nn.CNN")
     register_model(ZooNet, "dnnkit.nn.ZooNet")
 
 
@@ -186,6 +188,9 @@ def load_inference_model(path: str | Path) -> nn.Module:
         raise DnnkitError(f"cannot load {str(path)!r} with weights_only=True: {first}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        name, _, version = str(found).rpartition("/")
+        if name == FORMAT.rpartition("/")[0] and version.isdigit() and int(version) > int(FORMAT.rpartition("/")[2]):
+            raise DnnkitError(f"{str(path)!r} was made by a newer dnnkit (format {found!r}; this one reads {FORMAT!r}): upgrade dnnkit")
         raise DnnkitError(f"{str(path)!r} is not a dnnkit inference model (format {found!r}, expected {FORMAT!r})")
     if not isinstance(data.get("state_dict"), dict):
         raise DnnkitError(f"{str(path)!r} holds no state_dict")

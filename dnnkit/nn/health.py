@@ -10,7 +10,7 @@ applies. :class:`~dnnkit.callbacks.GradientHealth` samples these during a Lightn
 work just as well in a loop of your own, without a Trainer.
 
 Which layers (:func:`find_layers`): a ``layers`` regex if given; else dnnkit's named layers
-``hidden1..N`` and ``output``; else every Linear and Conv layer. A layer's activation
+``hidden1..N`` and ``output`` (and a CNN's ``conv1..N``); else every Linear and Conv layer. A layer's activation
 (:func:`find_activations`) is the first activation module at or after the layer (in module order)
 and before the next watched layer; without one the layer's own output is described (mean and std).
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 import textwrap
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU, nn.ELU, nn.S
 ZERO_GRADIENT = (nn.ReLU, nn.ReLU6)  # a unit that is never positive gets no gradient at all: it is dead
 SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh, nn.Softsign)
 MLP_LAYERS = r"hidden\d+|output"
+NAMED_LAYERS = r"conv\d+|hidden\d+|output"  # a dnnkit CNN's: conv1..N, hidden1..M, output
 
 #: What to try against each problem, worded for any LightningModule (dnnkit's config keys in
 #: brackets). ``REMEDIES["exploding"]`` is also what NonFiniteGuard offers when training diverges.
@@ -124,8 +126,8 @@ SATURATION = {
 
 
 def find_layers(module: nn.Module, layers: str | None = None) -> dict[str, nn.Module]:
-    """The layers to watch, bottom first: ``layers`` (a regex), else ``hidden1..N``/``output``,
-    else every Linear/Conv leaf.
+    """The layers to watch, bottom first: ``layers`` (a regex), else ``hidden1..N``/``output``
+    (with a CNN's ``conv1..N`` before them), else every Linear/Conv leaf.
 
     Example::
 
@@ -134,11 +136,15 @@ def find_layers(module: nn.Module, layers: str | None = None) -> dict[str, nn.Mo
         ['hidden1', 'hidden2', 'output']
         >>> list(find_layers(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))))
         ['0', '2']
+        >>> from dnnkit.nn import CNN
+        >>> list(find_layers(CNN(1, 28, [4, 8], hidden=[16])))
+        ['conv1', 'conv2', 'hidden1', 'output']
     """
     if layers:
         return select_layers(module, layers)
-    named = select_layers(module, MLP_LAYERS, required=False)
-    if any(name.split(".")[-1].startswith("hidden") for name in named):
+    named = {n: m for n, m in select_layers(module, NAMED_LAYERS, required=False).items()
+             if not re.fullmatch(r"conv\d+", n.split(".")[-1]) or _in_cnn(module, n)}
+    if any(name.split(".")[-1].startswith(("hidden", "conv")) for name in named):
         return named
     leaves = {n: m for n, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS)}
     if not leaves:
@@ -147,6 +153,15 @@ def find_layers(module: nn.Module, layers: str | None = None) -> dict[str, nn.Mo
             f"or Linear/Conv layers; pass layers=REGEX. Layers are: {', '.join(layer_names(module)) or '(none)'}"
         )
     return leaves
+
+
+def _in_cnn(module: nn.Module, name: str) -> bool:
+    """Whether the layer ``name`` is a child of a dnnkit :class:`~dnnkit.nn.CNN` (a torchvision
+    ResNet's ``conv1`` is not one of these named layers)."""
+    from dnnkit.nn.cnn import CNN
+
+    parent = name.rpartition(".")[0]
+    return isinstance(module.get_submodule(parent) if parent else module, CNN)
 
 
 def find_activations(module: nn.Module, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:

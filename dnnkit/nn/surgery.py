@@ -6,7 +6,7 @@ a module. Layers are found in the source by name, whatever prefix the source's m
 front (``model.hidden1`` in a Classifier checkpoint, ``hidden1`` in a bare MLP).
 
 ``restack(mlp, drop="hidden[45]|output", add=[20])`` removes the upper layers of an
-:class:`~dnnkit.nn.MLP` and puts new hidden layers and a new output on top, so the seed's
+:class:`~dnnkit.nn.MLP` (or the dense layers of a :class:`~dnnkit.nn.CNN`) and puts new hidden layers and a new output on top, so the seed's
 "reuse hidden1-3, add a new hidden4 of 20 units and a new output" is one call (and, in a
 recipe, one ``reuse:`` entry). ``replace_layer(model, "output", nn.Linear(50, 2))`` swaps one
 layer by name.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from dnnkit.errors import DnnkitError, number
 from dnnkit.nn.activations import default_init
+from dnnkit.nn.cnn import CNN, flattening
 from dnnkit.nn.init import init_module_
 from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.select import layer_names, select_layers
@@ -144,21 +146,23 @@ def replace_layer(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def restack(
-    model: MLP,
+    model: MLP | CNN,
     drop: str | None = None,
     add: Sequence[int] = (),
     n_outputs: int | None = None,
     init: str | None = None,
     init_distribution: str = "normal",
-) -> MLP:
-    """Drop the top layers of ``model`` that match ``drop``, add hidden layers of ``add`` units
-    and a new output layer of ``n_outputs`` logits; in place, kept layers keep their weights.
+) -> MLP | CNN:
+    """Drop the top layers of ``model`` (an MLP or a CNN) that match ``drop``, add hidden layers of
+    ``add`` units and a new output layer of ``n_outputs`` logits; in place, kept layers keep their weights.
 
     New hidden layers are named on from the last kept one (``hidden4`` ...) and copy the kept
     top layer's make-up (activation, batch norm, dropout); they and the new output are
     initialised by ``init`` (default: the scheme the activation calls for). A new output is
     built whenever ``add`` or ``n_outputs`` is given or ``output`` is dropped. Layers added here
-    are listed in ``model.new_layers`` (:func:`reusable_layers` leaves them out).
+    are listed in ``model.new_layers`` (:func:`reusable_layers` leaves them out). A CNN keeps
+    its conv layers: ``drop`` takes dense layers only, all of them if need be (the new ones
+    then take the flattened feature maps, with the CNN's own make-up).
 
     Example::
 
@@ -168,9 +172,12 @@ def restack(
         (['hidden1', 'hidden2', 'hidden3', 'hidden4', 'output'], [300, 50, 50, 20])
         >>> torch.equal(a.hidden3.linear.weight, b.hidden3.linear.weight)
         True
+        >>> cnn = restack(CNN(1, 28, [8, 16], hidden=[32]), drop="hidden1|output", add=[64], n_outputs=2)
+        >>> [n for n, _ in cnn.named_children()], cnn.hidden_sizes, cnn(torch.zeros(2, 1, 28, 28)).shape
+        (['conv1', 'conv2', 'hidden1', 'output'], [64], torch.Size([2, 2]))
     """
-    if not isinstance(model, MLP):
-        raise DnnkitError(f"restack works on a dnnkit MLP (named hidden layers), got {type(model).__name__}; use replace_layer")
+    if not isinstance(model, (MLP, CNN)):
+        raise DnnkitError(f"restack works on a dnnkit MLP or CNN (named hidden layers), got {type(model).__name__}; use replace_layer")
     add = list(add or [])
     if any(not isinstance(n, int) or n <= 0 for n in add):
         raise DnnkitError(f"add must be a list of positive layer sizes, got {add!r}")
@@ -182,33 +189,43 @@ def restack(
             f"drop={drop!r} selects {dropped}; only whole top layers can be dropped, "
             f"a top part of {order}"
         )
+    convs = [n for n in dropped if n.startswith("conv")]
+    if isinstance(model, CNN) and convs:
+        raise DnnkitError(f"drop={drop!r} selects the conv layers {convs}; restack drops a CNN's dense layers only (hidden*, output)")
     hidden = [n for n in order if n.startswith("hidden") and n not in dropped]
-    if not hidden:
+    if not hidden and isinstance(model, MLP):
         raise DnnkitError(f"drop={drop!r} leaves no hidden layer of {order}")
-    top = getattr(model, hidden[-1])
+    top = getattr(model, hidden[-1]) if hidden else None
     for name in dropped:
         delattr(model, name)
     sizes = model.hidden_sizes[: len(hidden)]
+    n_in = sizes[-1] if sizes else model.flat_size
     new_output = "output" in dropped or bool(add) or n_outputs is not None
     if "output" in order and "output" not in dropped and new_output:
         delattr(model, "output")
     new = []
     scheme = init or default_init(model.activation)
     for units in add:
-        block = DenseBlock(sizes[-1], units, batch_norm=hasattr(top, "bn"))
-        block.act = copy.deepcopy(top.act)
-        if hasattr(top, "dropout"):  # the same kind too: SELU's AlphaDropout stays AlphaDropout
-            block.dropout = copy.deepcopy(top.dropout)
-        if hasattr(top, "bn"):
-            block.bn.momentum = top.bn.momentum
+        if top is None:  # a CNN without dense layers left: its own make-up, the first one flattens
+            block = model.dense_block(n_in, units, first=not new)
+        else:
+            block = DenseBlock(n_in, units, batch_norm=hasattr(top, "bn"))
+            block.act = copy.deepcopy(top.act)
+            if hasattr(top, "dropout"):  # the same kind too: SELU's AlphaDropout stays AlphaDropout
+                block.dropout = copy.deepcopy(top.dropout)
+            if hasattr(top, "bn"):
+                block.bn.momentum = top.bn.momentum
         init_module_(block, scheme, init_distribution)
         name = f"hidden{len(hidden) + len(new) + 1}"
         model.add_module(name, block)
         new.append(name)
         sizes.append(units)
+        n_in = units
     if new_output:
         model.n_outputs = n_outputs or model.n_outputs
-        model.output = nn.Linear(sizes[-1], model.n_outputs)
+        model.output = nn.Linear(n_in, model.n_outputs)
+        if isinstance(model, CNN) and not sizes:  # straight from the feature maps
+            model.output = flattening(nn.Sequential(OrderedDict(linear=model.output)))
         init_module_(model.output, scheme, init_distribution)
         new.append("output")
     model.hidden_sizes = sizes
@@ -217,9 +234,10 @@ def restack(
 
 
 def reusable_layers(model: nn.Module) -> str:
-    """A pattern for the layers of an MLP that :func:`restack` did not add (``hidden.*``
-    for a model it never touched): what a ``reuse:`` without ``layers`` copies."""
+    """A pattern for the layers of an MLP or CNN that :func:`restack` did not add (``hidden.*``
+    for an MLP it never touched, ``conv.*|hidden.*`` for such a CNN): what a ``reuse:`` without
+    ``layers`` copies."""
     new = getattr(model, "new_layers", None)
     if not new:
-        return "hidden.*"
+        return "conv.*|hidden.*" if isinstance(model, CNN) else "hidden.*"
     return "|".join(re.escape(n) for n, _ in model.named_children() if n not in new)

@@ -83,3 +83,49 @@ def test_zoo_trains_one_epoch_on_fashion_mnist(real_data_dir, resnet_file, tmp_p
     assert not torch.equal(before["model.backbone.fc.weight"], after["model.backbone.fc.weight"])
     assert not torch.equal(before["model.backbone.layer4.1.bn2.running_mean"], after["model.backbone.layer4.1.bn2.running_mean"])
     assert trainer.callback_metrics["val/acc"] > 0.2  # 10 classes, 300 images, one epoch
+
+
+STANDALONE = """
+import sys, torch
+from dnnkit.nn import load_inference_model
+model = load_inference_model(sys.argv[1])
+torch.save(model(torch.load(sys.argv[2])).detach(), sys.argv[3])
+print(type(model).__name__, model.inference_meta["data"]["name"])
+"""
+
+
+@pytest.mark.slow
+def test_exported_zoo_model_is_standalone_after_its_weights_file_is_gone(fake_data, resnet_file, tmp_path):
+    """Trained from a local weights file, the stage's model.pt holds every weight: it loads in a fresh
+    process with that file deleted, folded (every BatchNorm of the ResNet), and predicts as the checkpoint does."""
+    import subprocess
+    import sys
+
+    from dnnkit.nn import load_inference_model
+    from dnnkit.nn.surgery import read_state_dict
+    from dnnkit.runner import run_recipe
+    from tests.conftest import FAST, compose_config
+    from tests.probes import cli_env
+
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(resnet_file[0].read_bytes())
+    cfg = compose_config(["model=zoo", f"model.weights={weights}", *FAST, "data.batch_size=20", "data.eval_batch_size=100"])
+    result = run_recipe(cfg, tmp_path / "run")[0]
+    stage = tmp_path / "run" / "train"
+    saved = torch.load(stage / "model.pt", weights_only=True)
+    assert saved["config"]["weights"] is None and saved["config"]["normalize"] is True  # no path, the file's normalisation kept
+    assert not any("bn" in k for k in saved["state_dict"]) and "backbone.conv1.bias" in saved["state_dict"]
+    trained = ZooNet("resnet18", n_outputs=10, normalize=True)
+    trained.load_state_dict({k.removeprefix("model."): v for k, v in read_state_dict(result.best_checkpoint).items()})
+    weights.unlink()
+    x = torch.rand(6, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    proc = subprocess.run([sys.executable, "-c", STANDALONE, str(stage / "model.pt"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["ZooNet", "mnist"]
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        assert (torch.load(tmp_path / "y.pt") - expected).abs().max() <= 1e-4
+        assert (load_inference_model(stage / "model.pt")(x) - expected).abs().max() <= 1e-4
+        assert (torch.export.load(str(stage / "model.pt2")).module()(x) - expected).abs().max() <= 1e-4  # still exports
