@@ -26,6 +26,22 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
 
 
+def epochs_cell(runs: list[StageResult]) -> str:
+    """The epochs a stage trained (a range over its seeds), marked where early stopping ended a fit.
+
+    Example::
+
+        >>> epochs_cell([StageResult("a", 0, Path("."), epochs=7, stopped_early=True), StageResult("a", 1, Path("."), epochs=9)])
+        '7-9 (stopped early: 1 of 2)'
+    """
+    low, high = min(r.epochs for r in runs), max(r.epochs for r in runs)
+    text = str(low) if low == high else f"{low}-{high}"
+    stopped = sum(r.stopped_early for r in runs)
+    if stopped:
+        text += " (stopped early)" if stopped == len(runs) else f" (stopped early: {stopped} of {len(runs)})"
+    return text
+
+
 def table_rows(results: list[StageResult], metrics: list[str], published: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per stage, metrics averaged over its seeds."""
     by_stage: dict[str, list[StageResult]] = defaultdict(list)
@@ -34,7 +50,7 @@ def table_rows(results: list[StageResult], metrics: list[str], published: dict[s
     header = ["stage", "seeds", "epochs", *metrics, "published", "fit time"]
     rows = []
     for stage, runs in by_stage.items():
-        row = [stage, str(len(runs)), str(runs[0].epochs)]
+        row = [stage, str(len(runs)), epochs_cell(runs)]
         for m in metrics:
             mean, std = aggregate([r.metrics.get(m, math.nan) for r in runs])
             row.append(_fmt(mean, std, len(runs)))

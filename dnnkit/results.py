@@ -20,6 +20,7 @@ class StageResult:
     best_checkpoint: str | None = None
     fit_seconds: float = 0.0
     epochs: int = 0
+    stopped_early: bool = False  # an EarlyStopping callback ended the fit (after `epochs` epochs)
 
     def to_json(self) -> dict:
         return {**self.__dict__, "dir": str(self.dir)}

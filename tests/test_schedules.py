@@ -5,6 +5,7 @@ optimizer steps or epochs."""
 from __future__ import annotations
 
 import functools
+import math
 
 import lightning as L
 import pytest
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dnnkit.callbacks import LearningRateSchedule
 from dnnkit.errors import DnnkitError
-from dnnkit.schedules import Exponential, PiecewiseConstant, Power, ScheduledLR, scheduled_lr
+from dnnkit.schedules import Exponential, PiecewiseConstant, Power, ScheduledLR, WarmupCosine, scheduled_lr
 
 LR0 = {"weight": 0.1, "bias": 0.05}  # two param groups with their own starting rates
 BATCHES, EPOCHS = 4, 3
@@ -27,6 +28,10 @@ CASES = {
     "power-step": (Power(s=4, c=1.5), "step", lambda t, lr0: lr0 * (1 + t / 4) ** -1.5),
     "power-epoch": (Power(s=1, c=1), "epoch", lambda t, lr0: lr0 * (1 + t / 1) ** -1),
     "exponential-fixed-lr0": (Exponential(s=5, lr0=0.3), "step", lambda t, lr0: 0.3 * 0.1 ** (t / 5)),
+    "warmup-cosine-step": (WarmupCosine(warmup_share=0.25, total=12, min_lr=0.01), "step",
+                           lambda t, lr0: lr0 * t / 3 if t < 3 else 0.01 + (lr0 - 0.01) * (1 + math.cos(math.pi * (t - 3) / 9)) / 2),
+    "warmup-cosine-epoch": (WarmupCosine(warmup_share=0.5, total=2), "epoch",
+                            lambda t, lr0: [0.0, lr0, 0.0][t]),
 }
 
 
@@ -97,6 +102,12 @@ def test_callback_form_matches_formula_every_step(case, tmp_path):
     probe = LRProbe()
     fit(TinyRegression(), [LearningRateSchedule(schedule, interval), probe], tmp_path)
     check(probe, interval, formula)
+
+
+def test_callback_takes_warmup_cosines_length_from_the_fit(tmp_path):
+    probe = LRProbe()
+    fit(TinyRegression(), [LearningRateSchedule(WarmupCosine(warmup_share=0.25), "step"), probe], tmp_path)
+    check(probe, "step", lambda t, lr0: lr0 * t / 3 if t < 3 else lr0 * (1 + math.cos(math.pi * (t - 3) / 9)) / 2)
 
 
 @pytest.mark.parametrize("interval", ["step", "epoch"])
@@ -190,3 +201,42 @@ def test_piecewise_constant_switches_as_the_book_one_step_before_keras():
     assert (ours(5, lr0=0.01), keras_piecewise_constant_decay(5, [5, 15], [0.01, 0.005, 0.001])) == (0.005, 0.01)
     shifted = PiecewiseConstant([6, 16], [0.01, 0.005, 0.001])  # every boundary + 1: Keras's switching points
     assert [shifted(t, lr0=0.01) for t in ts] == [keras_piecewise_constant_decay(t, [5, 15], [0.01, 0.005, 0.001]) for t in ts]
+
+
+def test_recipe_schedules_is_the_books_comparison(fake_data):
+    from dnnkit.stages import stage_configs
+    from tests.conftest import compose_config
+
+    stages = dict(stage_configs(compose_config(["+recipe=schedules"])))
+    assert list(stages) == ["power", "exponential_epoch", "exponential_step", "piecewise_constant", "performance", "one_cycle"]
+    for name, cfg in stages.items():
+        assert (cfg.trainer.max_epochs, cfg.data.val_size, cfg.data.val_split, cfg.data.normalize) == (25, 5000, "first", True)
+        assert (list(cfg.model.hidden), cfg.model.activation, cfg.model.init_distribution) == ([300, 100], "selu", "truncated_normal")
+        assert cfg.data.batch_size == (128 if name == "one_cycle" else 32)
+        assert cfg.published.metric == "val/acc"
+    assert stages["exponential_step"].scheduler.schedule.s == 20 * 55_000 // 32
+    assert (stages["power"].scheduler.schedule.s, stages["power"].optimizer.lr) == (10_000, 0.01)
+    assert stages["one_cycle"].find_lr == "apply" and stages["one_cycle"].scheduler.max_lr is None
+    assert stages["performance"].callbacks.performance_scheduling.patience == 5
+
+
+@pytest.mark.slow  # an end-to-end run of two stages and the LR finder: ~8 s of CPU
+def test_recipe_schedules_runs_and_plots_every_stage(fake_data, tmp_path):
+    """Two of its stages, a few batches each: schedules.png, lr/epoch per epoch, the finder's peak."""
+    import json
+
+    from dnnkit.runner import run_recipe
+    from tests.conftest import compose_config
+
+    off = [f"stages.{s}=null" for s in ("exponential_epoch", "exponential_step", "piecewise_constant", "performance")]
+    cfg = compose_config(["+recipe=schedules", *off, "trainer.max_epochs=2", "+trainer.limit_train_batches=8",
+                          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "data.val_size=200",
+                          "trainer.enable_progress_bar=false", "export=false", "stages.one_cycle.data.batch_size=64",
+                          "stages.one_cycle.callbacks.lr_finder.num_training_steps=14", "stages.one_cycle.callbacks.lr_finder.max_lr=0.1"])
+    power, one_cycle = run_recipe(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "schedules.png").stat().st_size > 10_000
+    assert [h["lr/epoch"] for h in power.history] == pytest.approx([
+        sum(0.01 / (1 + t / 10_000) for t in range(e * 8, e * 8 + 8)) / 8 for e in range(2)], rel=1e-6)
+    suggestion = json.loads((one_cycle.dir / "lr_find.json").read_text())["suggestion"]
+    state = torch.load(one_cycle.dir / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+    assert state["param_groups"][0]["max_lr"] == pytest.approx(suggestion, rel=1e-12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -14,9 +16,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.mlp import MLP
+from dnnkit.schedules import lightning_scheduler
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
+DEFAULT_OPTIMIZER = functools.partial(torch.optim.SGD, lr=0.01)
 
 
 class Classifier(DnnkitModule):
@@ -26,7 +30,10 @@ class Classifier(DnnkitModule):
     ``val/acc``, ``test/loss`` and ``test/acc``. The optimizer and scheduler arrive as factories, as Hydra builds them from
     ``_partial_: true`` configs: ``optimizer(params) -> Optimizer`` and
     ``scheduler(optimizer) -> LRScheduler`` or a Lightning scheduler dict
-    (``{"scheduler": ..., "interval": "step"}``).
+    (``{"scheduler": ..., "interval": "step"}``); a scheduler factory may carry ``interval``,
+    ``frequency`` and ``monitor`` (:func:`dnnkit.schedules.lightning_scheduler`). :attr:`lr` is the
+    optimizer factory's learning rate, which Lightning's LR finder reads and sets
+    (:mod:`dnnkit.lr_finder`).
 
     Subclass it and override what differs; :meth:`forward`, :meth:`loss` and
     :meth:`configure_optimizers` are the usual hooks.
@@ -140,13 +147,43 @@ class Classifier(DnnkitModule):
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
+    @property
+    def lr(self) -> float:
+        """The learning rate the optimizer factory gives (a ``functools.partial``'s ``lr``, else its
+        function's default); setting it rebuilds the factory with the new rate. Lightning's
+        ``Tuner.lr_find`` and ``LearningRateFinder`` find it by this name, in subclasses too.
+
+        Example::
+
+            >>> net = Classifier(MLP(784, [8], 10), optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+            >>> net.lr = 0.02
+            >>> net.lr, type(net.configure_optimizers()).__name__, net.configure_optimizers().param_groups[0]["lr"]
+            (0.02, 'Adam', 0.02)
+        """
+        factory = self.optimizer_factory or DEFAULT_OPTIMIZER
+        if isinstance(factory, functools.partial):
+            if "lr" in factory.keywords:
+                return factory.keywords["lr"]
+            default = inspect.signature(factory.func).parameters.get("lr")
+            if default is not None and default.default is not inspect.Parameter.empty:
+                return default.default
+        raise AttributeError(f"the optimizer factory {factory!r} names no learning rate (lr)")
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        factory = self.optimizer_factory or DEFAULT_OPTIMIZER
+        if not isinstance(factory, functools.partial):
+            raise DnnkitError(
+                f"lr can be set only on an optimizer factory that is a functools.partial (a `_partial_: true` config), got {factory!r}"
+            )
+        number("lr", value, 0, low_open=True)
+        self.optimizer_factory = functools.partial(factory.func, *factory.args, **{**factory.keywords, "lr": float(value)})
+
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01))
+        factory = self.optimizer_factory or DEFAULT_OPTIMIZER
         optimizer = factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        if not isinstance(scheduler, dict):
-            scheduler = {"scheduler": scheduler, "interval": "epoch"}
+        scheduler = lightning_scheduler(self.scheduler_factory, optimizer, self._trainer)
         scheduler.setdefault("monitor", "val/loss")
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
