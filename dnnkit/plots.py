@@ -1,5 +1,5 @@
 """Every PNG dnnkit draws: learning curves, image grids (inputs beside reconstructions, learned
-filters as tiles) and the gradient-health plot.
+filters as tiles), the gradient-health plot, the LR range test and per-key panels (``schedules.png``).
 
 matplotlib is imported inside the functions, with the non-interactive Agg backend, so importing
 this module costs nothing and works without a display. Curves stay distinguishable beyond ten
@@ -175,5 +175,90 @@ def save_health_plot(history: list[dict], path: str | Path, findings: list[Findi
     fig.tight_layout()
     path = Path(path)
     atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- confusion matrix
+
+
+def save_confusion_plot(path: str | Path, matrix: torch.Tensor, class_names: list[str], title: str = "") -> Path:
+    """A confusion matrix (rows: true class, columns: predicted) as a PNG: each cell coloured by
+    its share of the row (per-class recall on the diagonal), counts written in up to 20 classes."""
+    plt = _pyplot()
+    counts = matrix.detach().cpu().long()
+    shares = counts.float() / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(counts)
+    side = min(12.0, 2.5 + 0.5 * n)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    names, ticks = [str(c) for c in class_names], list(range(n))
+    long = max(map(len, names), default=0) > 2  # "Sandal", not "7": slanted
+    ax.set_xticks(ticks, names, rotation=45 if long else 0, ha="right" if long else "center", fontsize=8)
+    ax.set_yticks(ticks, names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- learning rates
+
+
+def save_lr_find(finder, path: str | Path, suggestion: float | None = None, rule: str = "steepest") -> Path:
+    """The LR range test's loss against the rate (Lightning's ``_LRFinder.plot``: a log axis in
+    ``exponential`` mode), the ``suggestion`` (chosen by ``rule``) marked with a line and a title."""
+    plt = _pyplot()
+    fig = finder.plot(suggest=False)
+    ax = fig.axes[0]
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle="--", linewidth=1, label=f"suggestion ({rule}) {suggestion:.3g}")
+        ax.legend(fontsize=8)
+    ax.set_title(f"LR range test: {len(finder.results['lr'])} steps, {finder.lr_min:.0e} to {finder.lr_max:.0e}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_savefig(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_panels(results: list[StageResult], path: Path, keys: list[str]) -> Path | None:
+    """One panel per key of ``keys`` (e.g. ``val/acc`` and ``lr/epoch``), each with one line per
+    stage and seed over the epochs; a key named ``lr`` or ``lr/...`` on a log axis. None (and a
+    line saying why) when no stage has any of the keys per epoch."""
+    keys = [k for k in keys if any(k in h for r in results for h in r.history)]
+    if not keys:
+        log.info("no %s: no stage logged its keys per epoch", Path(path).name)
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    styles = series_styles(len(results), marker="o")
+    for ax, key in zip(axes[0], keys):
+        for r, style in zip(results, styles):
+            points = [(h["epoch"], h[key]) for h in r.history if key in h]
+            seeds = sum(1 for o in results if o.stage == r.stage)
+            if points:
+                ax.plot(*zip(*points), markersize=3, label=r.stage if seeds == 1 else f"{r.stage} (seed {r.seed})", **style)
+        if key == "lr" or key.startswith("lr/"):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
     return path

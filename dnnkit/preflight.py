@@ -16,10 +16,11 @@ recipe's last stage fails in a second, not after the first stages' hours. For ea
 5. the optimizer and scheduler factories, called on a one-element parameter;
 6. callbacks, read from their config whatever their class: ``frozen``/``trainable`` leaving
    nothing to train, ``unfreeze_at_epoch`` past ``trainer.max_epochs``, a ``monitor`` the module
-   does not log while fitting;
-7. DDP: every rank gets at least one training batch.
+   does not log while fitting (early stopping's: nor any of the stage's callbacks);
+7. DDP: every rank gets at least one training batch;
+8. ``find_lr`` (:func:`dnnkit.lr_finder.check_stage`): one optimizer, ``trainer.max_steps`` long enough.
 
-Then ``report.metrics`` and ``published.metric``. Keys are known for modules with a
+Then ``report.metrics``, ``published.metric`` and ``optimized_metric``. Keys are known for modules with a
 ``logged_keys`` class attribute (:class:`dnnkit.Classifier`); a key in a namespace the module
 does not log (``grad/...``, ``lr``: callbacks log those) passes unless it is a near miss of one
 (``val_acc``, ``valid/loss``), and only near misses fail where a module or callback from outside
@@ -39,10 +40,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dnnkit.build import build_module, instantiate, unknown_argument
+from dnnkit.callbacks.early_stopping import check_monitor as check_early_stopping
 from dnnkit.errors import DnnkitError, not_a_boolean, number, refuse_booleans
+from dnnkit.loggers import check_loggers
+from dnnkit.lr_finder import check_stage as check_lr_finder
 from dnnkit.nn.freeze import left_trainable
+from dnnkit.nn.onnx import check_onnx_export
 from dnnkit.nn.surgery import reusable_layers, reuse_layers
 from dnnkit.paths import check_name
+from dnnkit.schedules import lightning_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,9 @@ def check_stage(name: str, spec: dict, built: dict) -> tuple[torch.nn.Module | N
     keys = logged_keys(spec)
     check_callbacks(spec, module, keys)
     check_ranks(spec, datamodule, facts)
+    check_loggers(spec.get("logger"))  # each names a class whose package is installed (else: the extra to install)
+    check_lr_finder(spec, module)  # find_lr: its value, one optimizer, trainer.max_steps against the test
+    check_onnx_export(spec.get("export", True))  # a bool or {model, onnx}; onnx's packages installed
     return module, keys
 
 
@@ -191,6 +200,12 @@ def check_model(spec: dict, module: torch.nn.Module, facts: dict) -> None:
     n_inputs = getattr(model, "n_inputs", None)
     if isinstance(n_inputs, int) and n_inputs != values:
         raise DnnkitError(f"model.n_inputs={n_inputs} but the data's images are {text} = {values} values: set model.n_inputs={values}")
+    expected = getattr(model, "input_shape", None)  # a CNN's (in_channels, height, width)
+    if isinstance(expected, tuple) and len(expected) == len(shape) == 3 and tuple(expected) != tuple(shape):
+        raise DnnkitError(
+            f"the model takes {'x'.join(map(str, expected))} images but the data's are {text}: set model.in_channels={shape[0]} "
+            f"model.input_size=[{shape[1]},{shape[2]}] (or leave both to ${{dnnkit.input_shape:...}}, as conf/model/cnn.yaml does)"
+        )
     try:
         with torch.no_grad():
             out = model(torch.empty((2, *shape), device="meta"))
@@ -244,8 +259,8 @@ def check_optimizer(spec: dict) -> None:
     if not config or config.get("fused") or not callable(factory := instantiate(config)):
         return  # fused optimizers want their device's parameters
     optimizer = _called("optimizer", config, factory, [torch.nn.Parameter(torch.zeros(1))])
-    if spec.get("scheduler") and callable(scheduler := instantiate(spec["scheduler"])):
-        _called("scheduler", spec["scheduler"], scheduler, optimizer)
+    if spec.get("scheduler") and callable(scheduler := instantiate(spec["scheduler"])):  # interval, lengths: as the fit
+        _called("scheduler", spec["scheduler"], lightning_scheduler, scheduler, optimizer)
 
 
 # ----------------------------------------------------------------------------- callbacks, keys, ranks
@@ -307,6 +322,8 @@ def check_callbacks(spec: dict, module: torch.nn.Module | None, keys: tuple[str,
                 raise DnnkitError(f"callbacks.{name}.monitor={monitor!r} is logged only when testing, after the fit; {valid}")
             if near_miss(monitor, keys, strict_about(spec)):
                 raise DnnkitError(f"callbacks.{name}.monitor={monitor!r} is not a key {owner} logs while fitting; {valid}")
+            if strict_about(spec):  # early stopping on a key nobody logs would fail at the first validation
+                check_early_stopping(name, cb, spec, fit)
 
 
 def world_size(trainer: dict) -> int | None:
@@ -359,3 +376,10 @@ def check_reported(specs: list[tuple[str, dict]], keys: dict[str, tuple[str, ...
         metric = (spec.get("published") or {}).get("metric")
         if isinstance(metric, str) and not is_logged(metric, known) and near_miss(metric, known, strict):
             raise DnnkitError(f"stage {name!r}: published.metric {metric!r} {valid}")
+    name, spec = specs[-1]  # optimized_metric: what python -m dnnkit.train returns (to a sweeper), the last stage's
+    objective, logs = spec.get("optimized_metric"), keys.get(name) or ()
+    untested, key = spec.get("test") is False and str(objective).startswith("test/"), str(objective)
+    if logs and objective is not None and (untested or not is_logged(key, logs) and (strict_about(spec) or near_miss(key, logs, True))):
+        valid = ", ".join(k for k in logs if not (untested and k.startswith("test/")))
+        why = " with test=false" if untested else ""
+        raise DnnkitError(f"optimized_metric={objective!r} is not a key stage {name!r} logs{why}; valid: {valid}")

@@ -27,13 +27,19 @@ from typing_extensions import override
 
 from dnnkit import interrupt
 from dnnkit.build import build_module, instantiate
+from dnnkit.callbacks.early_stopping import stopped_early
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.checkpoint_io import AtomicCheckpointIO
+from dnnkit.confusion import SaveTestConfusion
 from dnnkit.errors import DnnkitError
 from dnnkit.interrupt import StopOnSignal
+from dnnkit.loggers import build_loggers, log_config
+from dnnkit.lr_finder import with_lr_finder
+from dnnkit.nn.onnx import export_options
 from dnnkit.nn.surgery import read_state_dict, reusable_layers, reuse_layers
 from dnnkit.paths import confined
-from dnnkit.plots import save_curves
+from dnnkit.plots import save_curves, save_panels
+from dnnkit.predict import input_meta
 from dnnkit.preflight import preflight
 from dnnkit.profiler import NullProfiler
 from dnnkit.report import print_table, save_table
@@ -114,6 +120,16 @@ class FitTimer(L.Callback):
         self.before = float(state_dict.get("seconds", 0.0))
 
 
+def stage_loggers(name: str, cfg: DictConfig, seed: int, stage_dir: Path) -> list:
+    """The stage's loggers (:func:`dnnkit.loggers.build_loggers`), its resolved config logged as
+    their hyperparameters. ``stage_dir`` is ``<run folder>/<stage>[/seed<N>]`` (:func:`run_stages`)."""
+    several = len(cfg.get("seeds") or []) > 1
+    run_dir, label = (stage_dir.parent.parent, f"{name}/seed{seed}") if several else (stage_dir.parent, name)
+    loggers = build_loggers(cfg.get("logger"), stage_dir, run_dir, label)
+    log_config(loggers, OmegaConf.to_container(cfg, resolve=True))
+    return loggers
+
+
 def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]):
     """``(module, datamodule, trainer, summary, timer)`` for one stage and seed, weights reused."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -130,7 +146,7 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
         report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
-    callbacks = build_callbacks(cfg)
+    callbacks = with_lr_finder(build_callbacks(cfg), cfg.get("find_lr"))  # find_lr=true|apply: the range test first
     for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
         if isinstance(callback, OffersDataModule):
             datamodule = callback.cached_datamodule(module, datamodule)
@@ -139,8 +155,8 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         summary = EpochSummary(verbose=False)
         callbacks.append(summary)
     timer = FitTimer()
-    callbacks += [StageLogging(), StopOnSignal(), timer]
-    logger = instantiate(cfg.logger, save_dir=str(stage_dir), name="", version="") if cfg.get("logger") else False
+    callbacks += [StageLogging(), StopOnSignal(), timer, SaveTestConfusion(stage_dir)]  # confusion.json/png of the test
+    logger = stage_loggers(name, cfg, seed, stage_dir) or False
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}
     plugins = [AtomicCheckpointIO()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(stage_dir),
@@ -168,7 +184,8 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
             best = str(stage_dir / "checkpoints" / "final.ckpt")
             trainer.save_checkpoint(best, weights_only=True)
         # testing from `best` reloads callback states: EpochSummary's history is taken first
-        result = StageResult(name, seed, stage_dir, metrics, list(summary.history), best, timer.seconds, trainer.current_epoch)
+        result = StageResult(name, seed, stage_dir, metrics, list(summary.history), best, timer.seconds, trainer.current_epoch,
+                             stopped_early=stopped_early(trainer.callbacks))
         if trainer.is_global_zero:
             write_marker(stage_dir / "fit.json", result, tested=False)
         tested = False
@@ -184,14 +201,19 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         if trainer.is_global_zero:
             write_marker(stage_dir / "fit.json", result, tested=True)
     interrupt.check()
-    if cfg.get("export", True) and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
-        export_stage(module.model, cfg, datamodule, result.best_checkpoint, stage_dir, result.metrics)
+    model_export, onnx = export_options(cfg.get("export", True))  # a bool, or {model: bool, onnx: bool}
+    if model_export and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
+        # the seed this fit used: a stage's `seeds` each split the data their own way (data.seed: ${seed})
+        export_stage(module.model, OmegaConf.merge(cfg, {"seed": seed}), datamodule, result.best_checkpoint, stage_dir,
+                     result.metrics, onnx=onnx)
     return result
 
 
-def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict) -> None:
+def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict,
+                 onnx: bool = False) -> None:
     """Save the best checkpoint's network, batch norm folded, as ``<stage>/model.pt`` (read with
-    ``weights_only=True``) and ``<stage>/model.pt2`` (torch.export); see :mod:`dnnkit.nn.export`."""
+    ``weights_only=True``) and ``<stage>/model.pt2`` (torch.export); see :mod:`dnnkit.nn.export`.
+    With ``onnx``, also ``<stage>/model.onnx``, checked against ``model.pt2`` (:mod:`dnnkit.nn.onnx`)."""
     import copy
 
     from dnnkit.nn.export import save_inference_model
@@ -200,13 +222,20 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
         model = copy.deepcopy(model).cpu()
         state = read_state_dict(best)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-        x = next(iter(datamodule.test_dataloader()))[0][:2]  # shapes the torch.export program
+        loader = datamodule.test_dataloader()
+        batch = next(iter(loader))[0][:64]
+        x = batch[:2]  # shapes the torch.export program
         config = OmegaConf.to_container(cfg.model, resolve=True)
         if hasattr(model, "export_config"):  # e.g. reshaped by `reuse: {drop, add, n_outputs}`: rebuild that shape
             config = model.export_config(config)
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-        meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", []))}
+        meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", [])),
+                "input": input_meta(loader, x)}  # shape and scaling, for python -m dnnkit.predict
         save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
+        if onnx:
+            from dnnkit.nn.onnx import save_onnx
+
+            save_onnx(stage_dir, batch)  # checked against model.pt2 on the test images
     except Exception as err:  # noqa: BLE001 - an export that fails must not lose the fit
         log.warning("exporting the inference model to %s failed: %s", stage_dir, err)
 
@@ -244,6 +273,8 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
         print_table(results, metrics, published, title)
         save_table(results, metrics, published, run_dir, title)
         save_curves(results, run_dir / "curves.png", metrics=metrics)
+        for file, keys in (cfg.get("report", {}).get("plots") or {}).items():  # e.g. {schedules.png: [val/acc, lr/epoch]}
+            save_panels(results, confined(run_dir / str(file), run_dir, "report.plots"), list(keys))
     return results
 
 
