@@ -62,24 +62,40 @@ def _n_classes(classes) -> int:
 
 if not OmegaConf.has_resolver("dnnkit.n_classes"):
     OmegaConf.register_new_resolver("dnnkit.n_classes", _n_classes)
+
+
+def _data_fact(data, fact: str):
+    """``input_shape`` or ``num_classes`` of ``data`` built, the datamodule built once per distinct
+    data config in a process and each fact read from it once (a folder's shape reads file headers)."""
+    key = OmegaConf.to_yaml(data, resolve=True) if isinstance(data, DictConfig) else repr(data)
+    if key not in _BUILT:
+        from dnnkit.build import instantiate
+
+        _BUILT[key] = {"datamodule": instantiate(data, _convert_="all")}
+    facts = _BUILT[key]
+    if fact not in facts:
+        datamodule = facts["datamodule"]
+        if fact == "input_shape":
+            if not callable(getattr(datamodule, "input_shape", None)):
+                raise DnnkitError(f"{type(datamodule).__name__} has no input_shape(); give the model's input size explicitly")
+            facts[fact] = tuple(datamodule.input_shape())
+        else:
+            facts[fact] = int(datamodule.num_classes)
+    return facts[fact]
+
+
+_BUILT: dict[str, dict] = {}
+
+
 def _input_shape(data, index=None):
     """``data``'s ``input_shape()`` (``(C, H, W)`` of an image, ``(F,)`` of a feature vector), or
     its ``index``-th entry: ``in_channels: ${dnnkit.input_shape:${data},0}`` in a model config lets
     ``data=folder model=cnn`` need no extra keys. The datamodule is built (cheaply: it reads a
     header or one file, not the data) once per distinct data config in a process."""
-    key = OmegaConf.to_yaml(data, resolve=True) if isinstance(data, DictConfig) else repr(data)
-    if key not in _SHAPES:
-        from dnnkit.build import instantiate
-
-        datamodule = instantiate(data, _convert_="all")
-        if not callable(getattr(datamodule, "input_shape", None)):
-            raise DnnkitError(f"{type(datamodule).__name__} has no input_shape(); give the model's input size explicitly")
-        _SHAPES[key] = tuple(datamodule.input_shape())
-    shape = _SHAPES[key]
+    shape = _data_fact(data, "input_shape")
     return list(shape) if index is None else shape[int(index)]
 
 
-_SHAPES: dict[str, tuple[int, ...]] = {}
 if not OmegaConf.has_resolver("dnnkit.input_shape"):
     OmegaConf.register_new_resolver("dnnkit.input_shape", _input_shape)
 
@@ -112,15 +128,9 @@ def _num_classes(data) -> int:
     nominal = _nominal(data, "nominal_num_classes")
     if nominal:
         return int(nominal)
-    key = OmegaConf.to_yaml(data, resolve=True) if isinstance(data, DictConfig) else repr(data)
-    if key not in _CLASSES:
-        from dnnkit.build import instantiate
-
-        _CLASSES[key] = int(instantiate(data, _convert_="all").num_classes)
-    return _CLASSES[key]
+    return _data_fact(data, "num_classes")
 
 
-_CLASSES: dict[str, int] = {}
 if not OmegaConf.has_resolver("dnnkit.input_features"):
     OmegaConf.register_new_resolver("dnnkit.input_features", _input_features)
 if not OmegaConf.has_resolver("dnnkit.num_classes"):
