@@ -16,7 +16,6 @@ would shrink the maps below 1x1 is one error naming the layer, before anything t
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -26,7 +25,7 @@ from torch import nn
 from dnnkit.errors import DnnkitError, choose, number
 from dnnkit.nn.activations import default_init, make_activation
 from dnnkit.nn.init import init_module_
-from dnnkit.nn.mlp import DenseBlock
+from dnnkit.nn.mlp import DenseBlock, check_layer_options
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 PADDINGS = ("same", "valid")
@@ -161,15 +160,7 @@ class CNN(nn.Sequential):
         else:
             number("model.padding", padding, 0, integer=True)
         number("conv_dropout", conv_dropout, 0, 1, high_open=True)
-        number("dropout", dropout, 0, 1, high_open=True)
-        number("bn_momentum", bn_momentum, 0, 1, low_open=True)
-        number("init_std", init_std, 0, low_open=True)
-        if (batch_norm or output_batch_norm) and bn_momentum > 0.5:
-            warnings.warn(
-                f"bn_momentum={bn_momentum} weights each new batch by {bn_momentum}: PyTorch convention. "
-                f"Keras/TF momentum {bn_momentum} is bn_momentum={1 - bn_momentum:.3g} here.",
-                stacklevel=2,
-            )
+        check_layer_options(dropout, bn_momentum, init_std, batch_norm or output_batch_norm)
         self.input_shape = (in_channels, height, width)
         self.conv_channels, self.hidden_sizes, self.n_outputs = channels, hidden, n_outputs
         self.activation, self.activation_kwargs = activation, dict(activation_kwargs or {})

@@ -20,6 +20,20 @@ from dnnkit.nn.activations import default_init, make_activation
 from dnnkit.nn.init import init_module_
 
 
+def check_layer_options(dropout: float, bn_momentum: float, init_std: float, uses_batch_norm: bool) -> None:
+    """The options the MLP and the CNN share: a dropout rate in [0, 1), ``bn_momentum`` in (0, 1]
+    (a warning above 0.5, where a Keras/TF momentum was probably meant), a positive ``init_std``."""
+    number("dropout", dropout, 0, 1, high_open=True)
+    number("bn_momentum", bn_momentum, 0, 1, low_open=True)
+    number("init_std", init_std, 0, low_open=True)
+    if uses_batch_norm and bn_momentum > 0.5:
+        warnings.warn(
+            f"bn_momentum={bn_momentum} weights each new batch by {bn_momentum}: PyTorch convention. "
+            f"Keras/TF momentum {bn_momentum} is bn_momentum={1 - bn_momentum:.3g} here.",
+            stacklevel=3,  # the network's constructor's caller
+        )
+
+
 class DenseBlock(nn.Sequential):
     """One hidden layer: ``linear``, then ``bn``, ``act`` and ``dropout`` where asked for."""
 
@@ -97,15 +111,7 @@ class MLP(nn.Module):
         number("n_outputs", n_outputs, 1, integer=True)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden):
             raise DnnkitError(f"hidden must be a non-empty list of positive layer sizes, got {hidden!r}")
-        number("dropout", dropout, 0, 1, high_open=True)
-        number("bn_momentum", bn_momentum, 0, 1, low_open=True)
-        number("init_std", init_std, 0, low_open=True)
-        if (batch_norm or output_batch_norm) and bn_momentum > 0.5:
-            warnings.warn(
-                f"bn_momentum={bn_momentum} weights each new batch by {bn_momentum}: PyTorch convention. "
-                f"Keras/TF momentum {bn_momentum} is bn_momentum={1 - bn_momentum:.3g} here.",
-                stacklevel=2,
-            )
+        check_layer_options(dropout, bn_momentum, init_std, batch_norm or output_batch_norm)
         self.n_inputs, self.n_outputs, self.activation = n_inputs, n_outputs, activation
         self.hidden_sizes = hidden
         sizes = [n_inputs, *hidden]
