@@ -203,8 +203,12 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
     interrupt.check()
     model_export, onnx = export_options(cfg.get("export", True))  # a bool, or {model: bool, onnx: bool}
     if model_export and isinstance(getattr(module, "model", None), torch.nn.Module) and trainer.is_global_zero:
+        for callback in trainer.callbacks:  # layers skipped for cached training compute again: the export takes images
+            if isinstance(callback, OffersDataModule) and callable(getattr(callback, "restore_layers", None)):
+                callback.restore_layers()
+        images = getattr(datamodule, "datamodule", datamodule)  # a CachedDataModule's own: image batches, not features
         # the seed this fit used: a stage's `seeds` each split the data their own way (data.seed: ${seed})
-        export_stage(module.model, OmegaConf.merge(cfg, {"seed": seed}), datamodule, result.best_checkpoint, stage_dir,
+        export_stage(module.model, OmegaConf.merge(cfg, {"seed": seed}), images, result.best_checkpoint, stage_dir,
                      result.metrics, onnx=onnx)
     return result
 
