@@ -90,15 +90,36 @@ def confusion_files(folder: str | Path, split: str = "test") -> tuple[Path, Path
     return Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.png"
 
 
-def save_confusion(folder: str | Path, summary: dict, title: str = "") -> tuple[Path, Path]:
-    """Write ``summary`` (:meth:`ConfusionMetrics.summary`) as JSON and its matrix as a PNG."""
-    from dnnkit.plots import save_confusion_plot
-
+def save_confusion(folder: str | Path, summary: dict, title: str = "", plot: bool = True) -> tuple[Path, Path]:
+    """Write ``summary`` (:meth:`ConfusionMetrics.summary`) as JSON and, with ``plot``, its
+    matrix as a PNG (:func:`plot_confusion` draws it later from the JSON)."""
     json_path, png_path = confusion_files(folder, summary["split"])
     atomic_write(json_path, json.dumps(summary, indent=1))
+    if plot:
+        _draw(png_path, summary, title)
+    return json_path, png_path
+
+
+def plot_confusion(folder: str | Path, split: str = "test") -> Path | None:
+    """Draw ``confusion.png`` from ``confusion.json`` in ``folder`` where the JSON is there and
+    the PNG not (or older); the PNG's path, or None when there was nothing to draw."""
+    json_path, png_path = confusion_files(folder, split)
+    if not json_path.is_file() or newer(png_path, json_path):
+        return None
+    _draw(png_path, json.loads(json_path.read_text()))
+    return png_path
+
+
+def newer(path: Path, than: Path) -> bool:
+    """``path`` exists and was written no earlier than ``than``."""
+    return path.is_file() and path.stat().st_mtime_ns >= than.stat().st_mtime_ns
+
+
+def _draw(png_path: Path, summary: dict, title: str = "") -> None:
+    from dnnkit.plots import save_confusion_plot
+
     heading = title or f"{summary['split']}: accuracy {summary['accuracy']:.4f} on {summary['images']} images"
     save_confusion_plot(png_path, torch.tensor(summary["matrix"]), summary["classes"], heading)
-    return json_path, png_path
 
 
 def pairs_text(summary: dict, limit: int = 3) -> str:
@@ -113,7 +134,8 @@ def pairs_text(summary: dict, limit: int = 3) -> str:
 
 
 class SaveTestConfusion(L.Callback):
-    """Save ``confusion.json`` and ``confusion.png`` of a classifier's test in ``folder``.
+    """Save ``confusion.json`` and ``confusion.png`` of a classifier's test in ``folder``
+    (``plot=False``: the JSON only; the runner draws the PNGs after the results table).
 
     The logits come from a forward hook on the LightningModule (its ``test_step`` calls
     ``self(x)``), the labels from the batch ``(x, y)``; a module whose outputs are not
@@ -121,8 +143,9 @@ class SaveTestConfusion(L.Callback):
     what it tested and rank 0 writes its own (dnnkit's test loader gives every rank the whole split).
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, plot: bool = True) -> None:
         self.folder = Path(folder)
+        self.plot = plot
         self._hook = None
         self._logits: torch.Tensor | None = None
         self._metrics: ConfusionMetrics | None = None
@@ -163,6 +186,6 @@ class SaveTestConfusion(L.Callback):
         if metrics is None or not self._usable or not trainer.is_global_zero:
             return
         try:  # files beside the stage's results: failing to draw them must not lose the stage
-            save_confusion(self.folder, metrics.summary("test", checkpoint=str(trainer.ckpt_path or "")))
+            save_confusion(self.folder, metrics.summary("test", checkpoint=str(trainer.ckpt_path or "")), plot=self.plot)
         except Exception as err:  # noqa: BLE001
             log.warning("could not save the test confusion matrix in %s: %s", self.folder, err)

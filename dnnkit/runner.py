@@ -30,7 +30,7 @@ from dnnkit.build import build_module, instantiate
 from dnnkit.callbacks.early_stopping import stopped_early
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.checkpoint_io import AtomicCheckpointIO
-from dnnkit.confusion import SaveTestConfusion
+from dnnkit.confusion import SaveTestConfusion, newer, plot_confusion
 from dnnkit.errors import DnnkitError
 from dnnkit.interrupt import StopOnSignal
 from dnnkit.loggers import build_loggers, log_config
@@ -155,7 +155,7 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         summary = EpochSummary(verbose=False)
         callbacks.append(summary)
     timer = FitTimer()
-    callbacks += [StageLogging(), StopOnSignal(), timer, SaveTestConfusion(stage_dir)]  # confusion.json/png of the test
+    callbacks += [StageLogging(), StopOnSignal(), timer, SaveTestConfusion(stage_dir, plot=False)]  # confusion.json; png: finish_files
     logger = stage_loggers(name, cfg, seed, stage_dir) or False
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NullProfiler()}
     plugins = [AtomicCheckpointIO()]
@@ -216,8 +216,9 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
 def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str, stage_dir: Path, metrics: dict,
                  onnx: bool = False) -> None:
     """Save the best checkpoint's network, batch norm folded, as ``<stage>/model.pt`` (read with
-    ``weights_only=True``) and ``<stage>/model.pt2`` (torch.export); see :mod:`dnnkit.nn.export`.
-    With ``onnx``, also ``<stage>/model.onnx``, checked against ``model.pt2`` (:mod:`dnnkit.nn.onnx`)."""
+    ``weights_only=True``); see :mod:`dnnkit.nn.export`. ``<stage>/model.pt2`` (torch.export, about
+    a second of tracing) is made from it after the results table (:func:`finish_files`), except
+    with ``onnx``: then at once, and ``<stage>/model.onnx`` checked against it (:mod:`dnnkit.nn.onnx`)."""
     import copy
 
     from dnnkit.nn.export import save_inference_model
@@ -235,7 +236,7 @@ def export_stage(model: torch.nn.Module, cfg: DictConfig, datamodule, best: str,
         data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
         meta = {"checkpoint": best, "metrics": metrics, "data": data, "class_names": list(getattr(datamodule, "class_names", [])),
                 "input": input_meta(loader, x)}  # shape and scaling, for python -m dnnkit.predict
-        save_inference_model(model, stage_dir, config, x, meta)  # model.pt first, then model.pt2
+        save_inference_model(model, stage_dir, config, x if onnx else None, meta)  # model.pt (+ model.pt2 for ONNX)
         if onnx:
             from dnnkit.nn.onnx import save_onnx
 
@@ -279,7 +280,23 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
         save_curves(results, run_dir / "curves.png", metrics=metrics)
         for file, keys in (cfg.get("report", {}).get("plots") or {}).items():  # e.g. {schedules.png: [val/acc, lr/epoch]}
             save_panels(results, confined(run_dir / str(file), run_dir, "report.plots"), list(keys))
+        finish_files(results)
     return results
+
+
+def finish_files(results: list[StageResult]) -> None:
+    """What costs time but no result, made after the table: each stage's ``confusion.png`` from
+    its ``confusion.json`` and ``model.pt2`` from its ``model.pt``, where missing or older. A run
+    stopped before this gets them on ``resume=true``; a failure is a warning, not a lost run."""
+    from dnnkit.nn.export import save_program
+
+    for folder in dict.fromkeys(Path(r.dir) for r in results):
+        try:
+            plot_confusion(folder)
+            if (folder / "model.pt").is_file() and not newer(folder / "model.pt2", folder / "model.pt"):
+                save_program(folder)
+        except Exception as err:  # noqa: BLE001 - the stage's results are saved already
+            log.warning("could not finish the files of %s: %s", folder, err)
 
 
 def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path) -> list[StageResult]:

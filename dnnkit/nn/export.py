@@ -165,14 +165,42 @@ def save_inference_model(
     atomic_torch_save(payload, folder / "model.pt")
     written["model.pt"] = folder / "model.pt"
     if example_input is not None:
-        x = example_input.detach().cpu()
-        # a batch of 2 keeps the batch dimension symbolic; cloned, because the program stores its
-        # example input with the whole storage of a view (1,000 test images of a sliced batch)
-        x = (x[:2] if len(x) >= 2 else torch.cat([x, x])).clone()
-        program = torch.export.export(folded, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        atomic_write_with(folder / "model.pt2", lambda f: torch.export.save(program, f))
-        written["model.pt2"] = folder / "model.pt2"
+        written["model.pt2"] = _save_program(folded, example_input, folder / "model.pt2")
     return written
+
+
+def _save_program(folded: nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+    x = example_input.detach().cpu()
+    # a batch of 2 keeps the batch dimension symbolic; cloned, because the program stores its
+    # example input with the whole storage of a view (1,000 test images of a sliced batch)
+    x = (x[:2] if len(x) >= 2 else torch.cat([x, x])).clone()
+    program = torch.export.export(folded, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    atomic_write_with(path, lambda f: torch.export.save(program, f))
+    return path
+
+
+@torch.no_grad()
+def save_program(folder: str | Path) -> Path:
+    """Write ``folder/model.pt2`` from ``folder/model.pt``: the same folded network as a
+    ``torch.export`` program, traced on zeros of the input shape ``model.pt`` keeps
+    (``meta["input"]["shape"]``). The runner calls it after the results table, as tracing costs
+    about a second a stage; a run stopped before it gets the file on ``resume=true``.
+
+    Example::
+
+        >>> import tempfile
+        >>> config = {"_target_": "dnnkit.nn.MLP", "hidden": [30]}
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = save_inference_model(build_model(config), folder, config, meta={"input": {"shape": [1, 28, 28]}})
+        >>> save_program(folder).name
+        'model.pt2'
+    """
+    folder = Path(folder)
+    model = load_inference_model(folder / "model.pt")
+    shape = (model.inference_meta.get("input") or {}).get("shape")
+    if not shape:
+        raise DnnkitError(f"{str(folder / 'model.pt')!r} does not record its input shape (meta['input']['shape'])")
+    return _save_program(model, torch.zeros(2, *shape), folder / "model.pt2")
 
 
 def load_inference_model(path: str | Path) -> nn.Module:
