@@ -74,6 +74,16 @@ FAST = [
 ]
 
 
+# recipes for a folder of your own, composed in tests on a folder of 10 PNGs (one per digit) unless
+# a test gives a larger one: the path as a command line gives it, relative to the repository
+FOLDER_RECIPES = {"transfer_folder"}
+
+
+def recipe_overrides(recipe: str, root: str | Path = "tests/fixtures/digits") -> list[str]:
+    """``["+recipe=NAME"]``, with ``data.root=...`` for a recipe of :data:`FOLDER_RECIPES`."""
+    return [f"+recipe={recipe}", *([f"data.root={root}"] if recipe in FOLDER_RECIPES else [])]
+
+
 def compose_config(overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides or [])

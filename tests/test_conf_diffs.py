@@ -39,14 +39,14 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from dnnkit.stages import config_dir, stage_configs
-from tests.conftest import compose_config
+from tests.conftest import compose_config, recipe_overrides
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "stage_snapshot.json"
 KEYS_FIXTURE = FIXTURE.with_name("cli_keys.json")
 RECIPES = sorted(p.stem for p in (config_dir() / "recipe").glob("*.yaml"))
 COMMANDS: dict[str, list[str]] = {
     "base": [],
-    **{f"+recipe={r}": [f"+recipe={r}"] for r in RECIPES},
+    **{f"+recipe={r}": recipe_overrides(r) for r in RECIPES},
     "+recipe=unsupervised pretrain=rbm": ["+recipe=unsupervised", "pretrain=rbm"],
     "trainer=ddp": ["trainer=ddp"],
     "data=fashion_mnist": ["data=fashion_mnist"],

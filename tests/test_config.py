@@ -12,7 +12,7 @@ from dnnkit.build import instantiate as build_instance
 from dnnkit.errors import DnnkitError
 from dnnkit.runner import build_callbacks, build_module
 from dnnkit.stages import callback_option, config_dir, group_option, merge, stage_configs
-from tests.conftest import compose_config
+from tests.conftest import compose_config, recipe_overrides
 
 CONF = config_dir()
 # options that are `# @package _global_` parts of a recipe (conf/pretrain/) are composed with their recipe
@@ -61,7 +61,7 @@ def test_every_group_option_instantiates(group, option, fake_data, tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_its_stages_build(recipe, fake_data):
-    cfg = compose_config([f"+recipe={recipe}"])
+    cfg = compose_config(recipe_overrides(recipe))
     stages = stage_configs(cfg)
     assert stages
     for _name, stage in stages:
