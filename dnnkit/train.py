@@ -8,6 +8,10 @@ Examples::
 
 A bad value exits with status 2 and one message, without a traceback (set
 ``HYDRA_FULL_ERROR=1`` to see it).
+
+Lightning, torchvision and matplotlib are imported only once the config is composed (in
+:func:`main`): ``--help``, ``--cfg job`` and a config error cost Hydra's composition, not
+their ~5 s of imports (``tests/test_cheap_start.py`` keeps it so).
 """
 
 from __future__ import annotations
@@ -20,14 +24,11 @@ import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from dnnkit import interrupt
 from dnnkit.console import route_to_root
 from dnnkit.errors import find_dnnkit_error
 from dnnkit.hydra_callbacks import with_checked_choices
-from dnnkit.runner import close_process_group, run_recipe
 from dnnkit.stages import config_dir
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ def report_error(message: str) -> None:
 @with_checked_choices  # logger=nope, hparams_search=nope: one line, exit 2 (Hydra's error is several, exit 1)
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dnnkit import interrupt
+    from dnnkit.runner import close_process_group, run_recipe  # Lightning: imported here, not for --help
+
     route_to_root()
     quiet_third_party_noise()
     interrupt.install()
