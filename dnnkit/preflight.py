@@ -49,6 +49,7 @@ from dnnkit.nn.onnx import check_onnx_export
 from dnnkit.nn.surgery import reusable_layers, reuse_layers
 from dnnkit.paths import check_name
 from dnnkit.schedules import lightning_scheduler
+from dnnkit.threads import check_threads
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def check_stage(name: str, spec: dict, built: dict) -> tuple[torch.nn.Module | N
     number("seed", seed, 0, SEED_LIMIT, integer=True, high_open=True)
     refuse_booleans("", spec)
     check_numbers(name, spec)
+    check_threads(spec.get("threads"))  # auto, null or 1..the usable cores
     datamodule = instantiate(spec["data"], _convert_="all") if spec.get("data") else None
     facts = data_facts(datamodule)
     module = meta_module(spec)

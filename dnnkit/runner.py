@@ -29,6 +29,7 @@ from dnnkit import interrupt
 from dnnkit.build import build_module, instantiate
 from dnnkit.callbacks.early_stopping import stopped_early
 from dnnkit.callbacks.epoch_summary import EpochSummary
+from dnnkit.callbacks.threads import AutoThreads
 from dnnkit.checkpoint_io import AtomicCheckpointIO
 from dnnkit.confusion import SaveTestConfusion, newer, plot_confusion
 from dnnkit.errors import DnnkitError
@@ -147,6 +148,8 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         report = reuse_layers(module, ckpt, layers)
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
     callbacks = with_lr_finder(build_callbacks(cfg), cfg.get("find_lr"))  # find_lr=true|apply: the range test first
+    if cfg.get("threads") is not None and not any(isinstance(c, AutoThreads) for c in callbacks):
+        callbacks.insert(0, AutoThreads(cfg.threads))  # threads=auto|N (dnnkit/threads.py); null: torch's own
     for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
         if isinstance(callback, OffersDataModule):
             datamodule = callback.cached_datamodule(module, datamodule)

@@ -11,8 +11,10 @@ from dnnkit.callbacks.non_finite import NonFiniteGuard
 from dnnkit.callbacks.performance_scheduling import PerformanceScheduling
 from dnnkit.callbacks.progress_bar import ProgressBar
 from dnnkit.callbacks.rng_state import RNGState
+from dnnkit.callbacks.threads import AutoThreads
 
 __all__ = [
+    "AutoThreads",
     "BestCheckpoint",
     "EpochSummary",
     "GradientClipping",
