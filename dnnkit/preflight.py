@@ -41,6 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dnnkit.build import build_module, instantiate, unknown_argument
 from dnnkit.callbacks.early_stopping import check_monitor as check_early_stopping
+from dnnkit.compile import compile_choice
 from dnnkit.errors import DnnkitError, not_a_boolean, number, refuse_booleans
 from dnnkit.loggers import check_loggers
 from dnnkit.lr_finder import check_stage as check_lr_finder
@@ -124,6 +125,7 @@ def check_stage(name: str, spec: dict, built: dict) -> tuple[torch.nn.Module | N
     number("seed", seed, 0, SEED_LIMIT, integer=True, high_open=True)
     refuse_booleans("", spec)
     check_numbers(name, spec)
+    compile_choice(spec.get("compile", False))  # true, false or auto
     check_threads(spec.get("threads"))  # auto, null or 1..the usable cores
     datamodule = instantiate(spec["data"], _convert_="all") if spec.get("data") else None
     facts = data_facts(datamodule)

@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from dnnkit import interrupt
 from dnnkit.build import build_module, instantiate
+from dnnkit.callbacks.compile import CompileModel
 from dnnkit.callbacks.early_stopping import stopped_early
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.threads import AutoThreads
@@ -150,6 +151,8 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
     callbacks = with_lr_finder(build_callbacks(cfg), cfg.get("find_lr"))  # find_lr=true|apply: the range test first
     if cfg.get("threads") is not None and not any(isinstance(c, AutoThreads) for c in callbacks):
         callbacks.insert(0, AutoThreads(cfg.threads))  # threads=auto|N (dnnkit/threads.py); null: torch's own
+    if cfg.get("compile") not in (None, False) and not any(isinstance(c, CompileModel) for c in callbacks):
+        callbacks.append(CompileModel(cfg.compile))  # compile=true|auto: torch.compile the training steps (dnnkit/compile.py)
     for callback in callbacks:  # train on cached outputs of a frozen bottom where that applies
         if isinstance(callback, OffersDataModule):
             datamodule = callback.cached_datamodule(module, datamodule)

@@ -1,6 +1,7 @@
 """Callbacks: each works on any LightningModule, keeps its state through ``ckpt_path`` resume."""
 
 from dnnkit.callbacks.checkpoint import BestCheckpoint
+from dnnkit.callbacks.compile import CompileModel
 from dnnkit.callbacks.epoch_summary import EpochSummary
 from dnnkit.callbacks.gradient_clipping import GradientClipping
 from dnnkit.callbacks.gradient_health import GradientHealth
@@ -16,6 +17,7 @@ from dnnkit.callbacks.threads import AutoThreads
 __all__ = [
     "AutoThreads",
     "BestCheckpoint",
+    "CompileModel",
     "EpochSummary",
     "GradientClipping",
     "GradientHealth",
