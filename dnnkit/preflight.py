@@ -244,7 +244,7 @@ def check_reuse(spec: dict, module: torch.nn.Module, built: dict) -> None:
         if source is None:
             return
     layers = reuse.get("layers") or reusable_layers(getattr(module, "model", module))
-    reuse_layers(module, source, layers)  # meta tensors: names and shapes are compared, nothing is copied
+    reuse_layers(module, source, layers, reuse.get("source_prefix"))  # meta tensors: names and shapes are compared, nothing is copied
 
 
 def _called(what: str, config: dict, factory, *args):

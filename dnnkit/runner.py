@@ -146,7 +146,7 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         else:
             ckpt = source
         layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
-        report = reuse_layers(module, ckpt, layers)
+        report = reuse_layers(module, ckpt, layers, cfg.reuse.get("source_prefix"))  # e.g. tower_a. of a Towers
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
     callbacks = with_lr_finder(build_callbacks(cfg), cfg.get("find_lr"))  # find_lr=true|apply: the range test first
     if cfg.get("threads") is not None and not any(isinstance(c, AutoThreads) for c in callbacks):

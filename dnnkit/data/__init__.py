@@ -11,6 +11,7 @@ from dnnkit.data.feature_cache import CachedDataModule, FeatureLoader
 from dnnkit.data.folder import ImageFolderDataModule
 from dnnkit.data.idx import read_idx, write_idx
 from dnnkit.data.loader import TensorLoader
+from dnnkit.data.pairs import PairLoader, PairsDataModule, draw_pairs
 from dnnkit.data.torchvision_sets import TorchvisionDataModule
 
 __all__ = [
@@ -21,10 +22,13 @@ __all__ = [
     "FeatureLoader",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "PairLoader",
+    "PairsDataModule",
     "TensorDataModule",
     "TensorLoader",
     "TorchvisionDataModule",
     "build_augment",
+    "draw_pairs",
     "find_dataset",
     "load_arrays",
     "make_auxiliary",

@@ -3,6 +3,7 @@
 from dnnkit.modules.autoencoder import AutoencoderPretrainer
 from dnnkit.modules.classifier import Classifier
 from dnnkit.modules.greedy import GreedyPretrainer
+from dnnkit.modules.pairs import PairClassifier
 from dnnkit.modules.rbm import RBMPretrainer
 
-__all__ = ["AutoencoderPretrainer", "Classifier", "GreedyPretrainer", "RBMPretrainer"]
+__all__ = ["AutoencoderPretrainer", "Classifier", "GreedyPretrainer", "PairClassifier", "RBMPretrainer"]

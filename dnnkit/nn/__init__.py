@@ -12,6 +12,7 @@ from dnnkit.nn.mlp import MLP, DenseBlock
 from dnnkit.nn.rbm import BernoulliRBM
 from dnnkit.nn.select import match_name, select_layers, select_parameters
 from dnnkit.nn.surgery import read_state_dict, replace_layer, restack, reuse_layers
+from dnnkit.nn.towers import Tower, Towers
 from dnnkit.nn.zoo import ZooNet
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "select_layers",
     "select_parameters",
     "target_std",
+    "Tower",
+    "Towers",
     "unfreeze",
 ]
 

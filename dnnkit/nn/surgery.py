@@ -78,21 +78,28 @@ def _owner(key: str, tail: str) -> str | None:
     return key[: i + len(tail) + 2] if i >= 0 else None
 
 
-def _source_prefix(layer_name: str, state: dict[str, torch.Tensor]) -> str:
-    """The prefix under which the source holds ``layer_name`` (longest name suffix first)."""
-    for tail in _suffixes(layer_name):
+def _source_prefix(layer_name: str, state: dict[str, torch.Tensor], source_prefix: str = "") -> str:
+    """The prefix under which the source holds ``layer_name`` (longest name suffix first), each
+    suffix looked for as ``source_prefix`` + suffix."""
+    for tail in (source_prefix + t for t in _suffixes(layer_name)):
         owners = {o for k in state if (o := _owner(k, tail))}
         if len(owners) == 1:
             return owners.pop()
         if len(owners) > 1:
             raise DnnkitError(f"layer {layer_name!r} is ambiguous in the source: {sorted(o[:-1] for o in owners)}")
     names = sorted({k.rsplit(".", 1)[0] for k in state})
-    raise DnnkitError(f"the source has no layer {layer_name!r}; its layers: {', '.join(names)}")
+    raise DnnkitError(f"the source has no layer {source_prefix + layer_name!r}; its layers: {', '.join(names)}")
 
 
 @torch.no_grad()
-def reuse_layers(model: nn.Module, source: str | Path | dict | nn.Module, layers: str = "hidden.*") -> dict[str, list[str]]:
+def reuse_layers(
+    model: nn.Module, source: str | Path | dict | nn.Module, layers: str = "hidden.*", source_prefix: str | None = None
+) -> dict[str, list[str]]:
     """Copy the layers of ``model`` that match ``layers`` from ``source``; return what was copied.
+
+    ``source_prefix`` names where the layers sit in the source when it holds them under another
+    name: ``source_prefix="tower_a."`` copies the source's ``tower_a.hidden1`` into ``hidden1``
+    (one tower of a :class:`~dnnkit.nn.towers.Towers` into an MLP; ``reuse.source_prefix``).
 
     Example::
 
@@ -103,11 +110,19 @@ def reuse_layers(model: nn.Module, source: str | Path | dict | nn.Module, layers
         ['hidden1', 'hidden2']
         >>> torch.equal(a.hidden1.linear.weight, b.hidden1.linear.weight)
         True
+        >>> from dnnkit.nn.towers import Towers
+        >>> pairs, c = Towers(784, [30, 20]), MLP(784, [30, 20], 10)
+        >>> sorted(reuse_layers(c, pairs, "hidden.*", source_prefix="tower_a."))
+        ['hidden1', 'hidden2']
+        >>> torch.equal(pairs.tower_a.hidden2.linear.weight, c.hidden2.linear.weight)
+        True
     """
+    if source_prefix is not None and (not isinstance(source_prefix, str) or not source_prefix.endswith(".")):
+        raise DnnkitError(f"reuse.source_prefix must be a layer path ending with '.', such as 'tower_a.', got {source_prefix!r}")
     state = read_state_dict(source)
     report: dict[str, list[str]] = {}
     for name, layer in select_layers(model, layers).items():
-        prefix = _source_prefix(name, state)
+        prefix = _source_prefix(name, state, source_prefix or "")
         own = layer.state_dict()
         copied = []
         for key, tensor in own.items():
