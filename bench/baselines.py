@@ -14,6 +14,9 @@ alike) on the same training and validation images:
   checkpointing).
 * ``dnnkit`` (and ``dnnkit-bare``, without progress bar, logger and checkpoints):
   :func:`dnnkit.runner.fit_stage` on the composed config, as ``python -m dnnkit.train`` runs it.
+* ``keras-jax``, ``keras-torch``: the same MLP in Keras 3, ``model.fit`` on the same uint8
+  images, each backend in a child process of its own (:mod:`bench.keras_peers`; skipped with
+  the install line when Keras or JAX is missing: ``pip install 'dnnkit[bench]'``).
 
 ``python -m bench.speed`` times them against each other. ``python -m bench.baselines`` checks
 that they are fair: each trains for ``--epochs`` epochs and the table shows the validation
@@ -47,6 +50,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from bench import keras_peers
 from bench.common import (
     EpochTimer,
     accuracy,
@@ -63,7 +67,7 @@ from bench.common import (
 from dnnkit.data.discovery import DATASETS, FILES, find_dataset
 from dnnkit.runner import device_summary, fit_stage
 
-CONTENDERS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning")
+CONTENDERS = ("dnnkit", "dnnkit-bare", "raw", "floor", "lightning", "keras-jax", "keras-torch")
 
 
 # ----------------------------------------------------------------------------- Lightning's floor
@@ -217,11 +221,12 @@ def _seeded(cfg: DictConfig):
 
 
 def fit_dnnkit(name: str, cfg: DictConfig, epochs: int, bare: bool = False) -> Timed:
-    """``dnnkit.runner.fit_stage`` on ``cfg`` (no testing); ``bare``: no progress bar, logger or
-    checkpoints."""
+    """``dnnkit.runner.fit_stage`` on ``cfg`` (no testing, no export); ``bare``: no progress bar,
+    logger or checkpoints."""
     cfg = cfg.copy()
     cfg.trainer.max_epochs = epochs
     cfg.test = False
+    cfg.export = False  # not timed, but it cost every round seconds
     cfg.callbacks = dict(cfg.get("callbacks") or {})
     cfg.callbacks["timer"] = {"_target_": "bench.common.EpochTimer"}
     if bare:
@@ -273,8 +278,41 @@ def fit_lightning(cfg: DictConfig, epochs: int, num_workers: int = 0) -> Timed:
     return Timed(timer.epoch_seconds, timer.epoch_cpu_seconds, seconds, float(trainer.callback_metrics["val_acc"]))
 
 
+def fit_keras(contender: str, name: str, cfg: DictConfig, epochs: int) -> Timed:
+    """One ``model.fit`` of Keras on ``contender``'s backend in its child process
+    (:mod:`bench.keras_peers`, started at the first fit); raise :class:`~bench.keras_peers.Skipped`
+    with the reason when its packages are missing or the stage's network has no Keras twin."""
+    key = (contender, name)
+    if key not in _PEERS:
+        reason = keras_peers.missing(contender)
+        if reason:
+            raise keras_peers.Skipped(reason)
+        dm, model = _seeded(cfg)
+        dm.setup("fit")
+        train, val = dm.train_dataloader(), dm.val_dataloader()
+        try:
+            spec = keras_peers.keras_spec(cfg, model, train)
+        except keras_peers.Skipped as err:
+            raise keras_peers.Skipped(f"{contender}: skipped, {err}") from None
+        data = (train.images, train.labels, val.images, val.labels)
+        _PEERS[key] = keras_peers.KerasPeer(contender, spec, data, train.batch_size, val.batch_size, torch.get_num_threads())
+    fit = _PEERS[key].fit(epochs, int(cfg.get("seed", 0)))
+    return Timed(fit["wall"], fit["cpu"], fit["fit_seconds"], fit["val_acc"])
+
+
+_PEERS: dict[tuple[str, str], keras_peers.KerasPeer] = {}
+
+
+def close_peers() -> None:
+    """End the Keras child processes (each removes its temporary folder)."""
+    while _PEERS:
+        _PEERS.popitem()[1].close()
+
+
 def fit_contender(contender: str, name: str, cfg: DictConfig, epochs: int, num_workers: int = 0) -> Timed:
     """One fit of ``contender`` (one of :data:`CONTENDERS`) on stage ``name``'s config."""
+    if contender in keras_peers.BACKENDS:
+        return fit_keras(contender, name, cfg, epochs)
     if contender in ("dnnkit", "dnnkit-bare"):
         return fit_dnnkit(name, cfg, epochs, bare=contender == "dnnkit-bare")
     if contender == "raw":
@@ -338,9 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     target, name, cfg = contender_setup(p, args, "baselines")
     fits = {}
-    for c in args.only:
-        fits[c] = fit_contender(c, name, cfg, args.epochs, args.workers)
-        print(f"{c:<12} val/acc {fits[c].val_acc:.4f}, epochs " + " ".join(f"{s:.2f}" for s in fits[c].wall) + " s", flush=True)
+    try:
+        for c in args.only:
+            try:
+                fits[c] = fit_contender(c, name, cfg, args.epochs, args.workers)
+            except keras_peers.Skipped as err:
+                print(err, flush=True)
+                continue
+            print(f"{c:<12} val/acc {fits[c].val_acc:.4f}, epochs " + " ".join(f"{s:.2f}" for s in fits[c].wall) + " s", flush=True)
+    finally:
+        close_peers()
     publish("baselines", report(fits, args.recipe, name, args.epochs, command_line("python -m bench.baselines", argv)), target)
     return 0
 

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "RESULTS.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
-BENCHES = ["speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines", "data_folder"]
+BENCHES = ["speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines", "data_folder",
+           "compile", "startup", "threads"]
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 ENV = r"[A-Za-z_][A-Za-z0-9_]*=\S*"

@@ -8,7 +8,8 @@ import pytest
 
 from bench.common import markers
 
-BENCHES = ("speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines", "data_folder")
+BENCHES = ("speed", "caching", "cost", "fold_bn", "seed_curves", "gradient_health_overhead", "baselines", "data_folder",
+           "compile", "startup", "threads")
 REAL_RESULTS = Path(__file__).resolve().parents[2] / "docs" / "RESULTS.md"
 
 
