@@ -33,6 +33,7 @@ import time
 import warnings
 
 import torch
+import torch._functorch.config
 from torch import nn
 
 from dnnkit.errors import DnnkitError
@@ -130,7 +131,11 @@ class CompiledCall:
             self.eager_calls += 1
             return self.module._call_impl(*args, **kwargs)
         try:
-            out = self.compiled(*args, **kwargs)
+            # AOTAutograd compiles the backward with the forward, so that a backward that cannot
+            # compile fails here, not later in loss.backward() (by default it waits for the first
+            # backward); set for this call only, torch's own setting is left as it was
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                out = self.compiled(*args, **kwargs)
         except Exception as err:
             if self.calls and not is_compile_error(err):
                 raise  # the model's own error, after compiled calls worked: as eager would raise it
@@ -161,11 +166,6 @@ def compile_in_place(module: nn.Module, name: str | None = None, **options) -> C
         >>> uncompile(net); net._compiled_call_impl is None
         True
     """
-    import torch._functorch.config as aot
-
-    # AOTAutograd compiles the backward with the forward, so that a backward that cannot compile
-    # fails in the guarded call, not later in loss.backward() (by default it waits for the first backward)
-    aot.force_non_lazy_backward_lowering = True
     call = CompiledCall(module, options, name or type(module).__name__)
     module._compiled_call_impl = call
     return call
@@ -173,10 +173,6 @@ def compile_in_place(module: nn.Module, name: str | None = None, **options) -> C
 
 def uncompile(module: nn.Module) -> None:
     """Make ``module`` eager again (after :func:`compile_in_place` or ``module.compile()``)."""
-    if compiled(module) is not None:
-        import torch._functorch.config as aot
-
-        aot.force_non_lazy_backward_lowering = False  # torch's default
     module._compiled_call_impl = None
 
 

@@ -276,3 +276,23 @@ def test_the_runner_adds_the_callback_for_compile_true_or_auto(fake_data, tmp_pa
     _, _, trainer, _, _ = build_stage(name, cfg, 0, tmp_path / name, {})
     ours = [c for c in trainer.callbacks if isinstance(c, CompileModel)]
     assert [c.compile for c in ours] == ([expected] if expected else [])
+
+
+class Boom(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        raise RuntimeError("boom")
+
+
+def test_a_fit_that_raises_leaves_the_network_eager_and_torch_settings_as_they_were(tmp_path):
+    import torch._functorch.config as aot
+
+    before = aot.force_non_lazy_backward_lowering
+    module = Classifier(MLP(64, [16], 4))
+    trainer = L.Trainer(max_epochs=1, callbacks=[CompileModel(True, backend="eager", verbose=False), Boom()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    x, y = torch.randint(0, 256, (60, 8, 8), dtype=torch.uint8), torch.randint(0, 4, (60,))
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(module, train_dataloaders=TensorLoader(x, y, 30))
+    assert compiled(module.model) is None  # Lightning runs on_exception, not teardown, after an error
+    assert aot.force_non_lazy_backward_lowering == before

@@ -117,6 +117,10 @@ class CompileModel(L.Callback):
             self._model = None
         self._timer = None
 
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown after an exception
+
     @rank_zero_only
     def _print(self, message: str) -> None:
         if self.verbose:
