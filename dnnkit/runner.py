@@ -197,6 +197,7 @@ def fit_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict
         tested = False
     else:
         result, tested = earlier
+        result.dir = stage_dir
         log.info("stage %s seed %s: fitted earlier (%s); %s", name, seed, stage_dir / "fit.json",
                  "exporting" if tested else "testing and exporting")
     interrupt.check()
@@ -275,7 +276,15 @@ def run_recipe(cfg: DictConfig, run_dir: str | Path) -> list[StageResult]:
     stages = stage_configs(cfg)
     preflight(stages)  # every stage checked before the first one trains
     with RunLock(run_dir) if is_global_zero() else contextlib.nullcontext():
-        results = run_stages(stages, run_dir)
+        results: list[StageResult] = []
+        try:
+            run_stages(stages, run_dir, results)
+        except interrupt.Interrupted:
+            raise  # stopping now: resume=true finishes the files
+        except Exception:
+            if is_global_zero():
+                finish_files(results)  # the stages that finished before the error keep their files
+            raise
         if not is_global_zero():  # other DDP ranks trained the same stages; rank 0 reports
             return results
         published = {name: OmegaConf.to_container(c.published) for name, c in stages if c.get("published")}
@@ -305,10 +314,12 @@ def finish_files(results: list[StageResult]) -> None:
             log.warning("could not finish the files of %s: %s", folder, err)
 
 
-def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path) -> list[StageResult]:
-    """Fit (or load, when finished earlier) every stage and seed, in order."""
+def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path,
+               results: list[StageResult] | None = None) -> list[StageResult]:
+    """Fit (or load, when finished earlier) every stage and seed, in order; each result is
+    appended to ``results`` (a new list when not given) as its stage finishes."""
     done: dict[str, list[StageResult]] = {}
-    results: list[StageResult] = []
+    results = [] if results is None else results
     for name, stage_cfg in stages:
         seeds = list(stage_cfg.get("seeds") or [stage_cfg.get("seed", 0)])
         for seed in seeds:
@@ -320,6 +331,7 @@ def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path) -> list[Stag
                         f"{stage_dir} already holds a finished run; pass resume=true to reuse it, "
                         "or choose another folder with hydra.run.dir=..."
                     )
+                result.dir = stage_dir  # this run's folder, also where a copied or moved one was written
                 log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, stage_dir / "result.json")
             else:
                 interrupt.check()
