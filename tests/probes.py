@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -49,6 +50,17 @@ class KillAtStep(L.Callback):
             killed.write_text(str(self.step))
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SlowTest(L.Callback):
+    """Sleep ``seconds`` as the test starts: a wider window for a test that kills a run in it
+    (the final test of a small fake-data stage takes some 10 ms)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        time.sleep(self.seconds)
 
 
 class RankProbe(L.Callback):

@@ -21,7 +21,8 @@ from tests.test_resume import RUN
 
 pytestmark = pytest.mark.slow
 
-TWO_STAGES = [*RUN, "+stages={A: {}, B: {reuse: {from: A}}}"]
+# the final test takes some 10 ms on fake data: SlowTest widens it to 0.5 s, so aimed kills land in it
+TWO_STAGES = [*RUN, "+stages={A: {}, B: {reuse: {from: A}}}", "+callbacks.slow_test={_target_: tests.probes.SlowTest, seconds: 0.5}"]
 
 
 @pytest.fixture
@@ -45,9 +46,28 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def phase(run: Path) -> str:
-    """Where a killed run stood: which stages had fitted (fit.json) and finished (result.json)."""
-    return " ".join(f"{s}:{'done' if (run / s / 'result.json').exists() else 'fitted' if (run / s / 'fit.json').exists() else '-'}"
-                    for s in ("A", "B"))
+    """Where a killed run stood, per stage: ``fitted`` (fit.json, in its test), ``tested``
+    (result.json, its model.pt2 not yet exported: that happens after the results table) or
+    ``exported``."""
+    def one(s: str) -> str:
+        d = run / s
+        if (d / "result.json").exists():
+            return "exported" if (d / "model.pt2").exists() else "tested"
+        return "fitted" if (d / "fit.json").exists() else "-"
+    return " ".join(f"{s}:{one(s)}" for s in ("A", "B"))
+
+
+def aim(p: subprocess.Popen, run: Path, marker: str, stages: tuple[str, ...], wait: float, spread: float,
+        rng: random.Random) -> None:
+    """Let ``p`` run until ``marker`` appears in a stage folder of ``stages`` where it was not
+    yet (or ``wait`` seconds pass), then up to ``spread`` seconds more."""
+    deadline = time.monotonic() + wait
+    seen = {s for s in stages if (run / s / marker).exists()}
+    while p.poll() is None and time.monotonic() < deadline:
+        if {s for s in stages if (run / s / marker).exists()} - seen:
+            time.sleep(rng.uniform(0.0, spread))
+            return
+        time.sleep(0.01)
 
 
 def test_sigkill_anywhere_then_resume_gives_the_same_table(fake_data, tmp_path, tmpfs):
@@ -70,14 +90,10 @@ def test_sigkill_anywhere_then_resume_gives_the_same_table(fake_data, tmp_path, 
         while True:
             p = start([*args, "resume=true"] if resume else args, tmp_path)
             resume = True
-            if kills < 20 and kills % 4 == 0:  # aim at the test/export window: just after a stage's fit ends
-                deadline = time.monotonic() + whole * 2
-                seen = {s for s in ("A", "B") if (run / s / "fit.json").exists()}
-                while p.poll() is None and time.monotonic() < deadline:
-                    if {s for s in ("A", "B") if (run / s / "fit.json").exists()} - seen:
-                        time.sleep(rng.uniform(0.0, 1.0))
-                        break
-                    time.sleep(0.02)
+            if kills < 20 and kills % 4 == 0:  # aim at a stage's test: just after its fit ends
+                aim(p, run, "fit.json", ("A", "B"), whole * 2, 0.3, rng)
+            elif kills < 20 and kills % 4 == 2:  # aim at the exports, after the last stage's result
+                aim(p, run, "result.json", ("B",), whole * 2, 1.5, rng)
             elif kills < 20:
                 time.sleep(rng.uniform(0.5, whole))
             if p.poll() is None and kills < 20:
@@ -89,8 +105,10 @@ def test_sigkill_anywhere_then_resume_gives_the_same_table(fake_data, tmp_path, 
             out = p.communicate()[0].decode()
             assert p.returncode == 0, f"after kills at {hits}: {out[-3000:]}"
             assert table(run) == expected, f"{run} after kills at {hits}"
+            assert phase(run) == "A:exported B:exported", f"{run} after kills at {hits}"
             break
-    assert any("fitted" in h for h in hits), f"no kill landed in a test or an export: {hits}"
+    assert any("fitted" in h for h in hits), f"no kill landed in a stage's test: {hits}"
+    assert any("B:tested" in h for h in hits), f"no kill landed in the exports after the table: {hits}"
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_folder(fake_data, tmp_path, tmpfs):
