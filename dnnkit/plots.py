@@ -214,6 +214,30 @@ def save_confusion_plot(path: str | Path, matrix: torch.Tensor, class_names: lis
     return path
 
 
+def save_search_plot(path: str | Path, search: dict) -> Path:
+    """A reuse search (:mod:`dnnkit.search`): its monitor against k, the number of source layers
+    reused, one line per mode, the pick circled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    tries = [t for t in search["tries"] if t["value"] is not None]
+    for mode in dict.fromkeys(t["mode"] for t in search["tries"]):
+        points = sorted((t["k"], t["value"]) for t in tries if t["mode"] == mode)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=mode.replace("_", "-"))
+    best = next((t for t in tries if t["try"] == search["pick"]), None)
+    if best:
+        ax.scatter([best["k"]], [best["value"]], s=200, facecolors="none", edgecolors="black", zorder=3, label=f"pick: {best['try']}")
+    ax.set_xlabel("k: lowest source layers reused")
+    ax.set_ylabel(search["monitor"])
+    ax.set_xticks(sorted({t["k"] for t in search["tries"]}))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, Path(path), dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 # ----------------------------------------------------------------------------- learning rates
 
 

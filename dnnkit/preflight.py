@@ -20,6 +20,8 @@ recipe's last stage fails in a second, not after the first stages' hours. For ea
 7. DDP: every rank gets at least one training batch;
 8. ``find_lr`` (:func:`dnnkit.lr_finder.check_stage`): one optimizer, ``trainer.max_steps`` long enough.
 
+A stage with ``reuse.search`` is checked as each of its tries (:func:`dnnkit.search.expand`).
+
 Then ``report.metrics``, ``published.metric`` and ``optimized_metric``. Keys are known for modules with a
 ``logged_keys`` class attribute (:class:`dnnkit.Classifier`); a key in a namespace the module
 does not log (``grad/...``, ``lr``: callbacks log those) passes unless it is a near miss of one
@@ -50,6 +52,7 @@ from dnnkit.nn.onnx import check_onnx_export
 from dnnkit.nn.surgery import reusable_layers, reuse_layers
 from dnnkit.paths import check_name
 from dnnkit.schedules import lightning_scheduler
+from dnnkit.search import expand, search_of
 from dnnkit.threads import check_threads
 
 log = logging.getLogger(__name__)
@@ -66,9 +69,9 @@ def preflight(stages: list[tuple[str, DictConfig]]) -> None:
     """Check every stage of ``stages`` (from :func:`~dnnkit.stages.stage_configs`) as far as it can
     be checked without training; raise one :class:`~dnnkit.errors.DnnkitError` on the first problem
     (prefixed with the stage's name when there are several stages)."""
-    specs = [(name, *resolved(cfg)) for name, cfg in stages]
-    check_names(stages[0][1], [(name, spec) for name, spec, _ in specs])
-    built: dict[str, torch.nn.Module | None] = {}
+    check_names(stages[0][1], [(name, resolved(cfg)[0]) for name, cfg in stages])
+    specs = [(name, *resolved(cfg)) for name, cfg in expand(stages)]  # a reuse search: each of its tries
+    built: dict[str, torch.nn.Module | None] = {name: None for name, cfg in stages if search_of(cfg) is not None}  # shape: the pick's
     keys: dict[str, tuple[str, ...] | None] = {}
     for name, spec, unresolved in specs:
         try:

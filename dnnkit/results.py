@@ -21,6 +21,8 @@ class StageResult:
     fit_seconds: float = 0.0
     epochs: int = 0
     stopped_early: bool = False  # an EarlyStopping callback ended the fit (after `epochs` epochs)
+    wall_seconds: float = 0.0  # the stage from start to result: building, fit, test, export
+    search: dict | None = None  # a reuse search's tries and pick (dnnkit/search.py)
 
     def to_json(self) -> dict:
         return {**self.__dict__, "dir": str(self.dir)}

@@ -47,6 +47,7 @@ from dnnkit.profiler import NullProfiler
 from dnnkit.report import print_table, save_table
 from dnnkit.results import StageResult
 from dnnkit.run_folder import RunLock, check_writable, finished, fitted, write_marker
+from dnnkit.search import run_search, search_of
 from dnnkit.stages import stage_configs
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,9 @@ def stage_loggers(name: str, cfg: DictConfig, seed: int, stage_dir: Path) -> lis
     return loggers
 
 
-def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]):
-    """``(module, datamodule, trainer, summary, timer)`` for one stage and seed, weights reused."""
-    L.seed_everything(seed, workers=True, verbose=False)
-    cfg = OmegaConf.merge(cfg, {"seed": seed})
-    datamodule = instantiate(cfg.data, _convert_="all")
+def build_reused_module(name: str, cfg: DictConfig, seed: int, done: dict[str, list[StageResult]]) -> L.LightningModule:
+    """The stage's module (:func:`dnnkit.build.build_module`), the layers of ``reuse`` copied in:
+    from the same seed's run of an earlier stage (``done``), or from a checkpoint file."""
     module = build_module(cfg)
     if cfg.get("reuse"):
         source = cfg.reuse.get("from")
@@ -148,6 +147,15 @@ def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: di
         layers = cfg.reuse.get("layers") or reusable_layers(getattr(module, "model", module))
         report = reuse_layers(module, ckpt, layers, cfg.reuse.get("source_prefix"))  # e.g. tower_a. of a Towers
         log.info("stage %s: reused %s from %s (%s)", name, ", ".join(report), source, ckpt)
+    return module
+
+
+def build_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]):
+    """``(module, datamodule, trainer, summary, timer)`` for one stage and seed, weights reused."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    cfg = OmegaConf.merge(cfg, {"seed": seed})
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = build_reused_module(name, cfg, seed, done)
     callbacks = with_lr_finder(build_callbacks(cfg), cfg.get("find_lr"))  # find_lr=true|apply: the range test first
     if cfg.get("threads") is not None and not any(isinstance(c, AutoThreads) for c in callbacks):
         callbacks.insert(0, AutoThreads(cfg.threads))  # threads=auto|N (dnnkit/threads.py); null: torch's own
@@ -317,31 +325,52 @@ def finish_files(results: list[StageResult]) -> None:
 def run_stages(stages: list[tuple[str, DictConfig]], run_dir: Path,
                results: list[StageResult] | None = None) -> list[StageResult]:
     """Fit (or load, when finished earlier) every stage and seed, in order; each result is
-    appended to ``results`` (a new list when not given) as its stage finishes."""
+    appended to ``results`` (a new list when not given) as its stage finishes. A stage with
+    ``reuse.search`` runs its tries and reports its pick (:mod:`dnnkit.search`)."""
     done: dict[str, list[StageResult]] = {}
     results = [] if results is None else results
     for name, stage_cfg in stages:
         seeds = list(stage_cfg.get("seeds") or [stage_cfg.get("seed", 0)])
         for seed in seeds:
             stage_dir = confined(run_dir / name / (f"seed{seed}" if len(seeds) > 1 else ""), run_dir, "a stage folder")
-            result = finished(stage_dir)
-            if result is not None:
-                if not stage_cfg.get("resume"):
-                    raise DnnkitError(
-                        f"{stage_dir} already holds a finished run; pass resume=true to reuse it, "
-                        "or choose another folder with hydra.run.dir=..."
-                    )
-                result.dir = stage_dir  # this run's folder, also where a copied or moved one was written
-                log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, stage_dir / "result.json")
-            else:
-                interrupt.check()
-                log.info("== stage %s%s  ->  %s", name, f", seed {seed}" if len(seeds) > 1 else "", stage_dir)
-                result = fit_stage(name, stage_cfg, seed, stage_dir, done)
-                if is_global_zero():
-                    write_marker(stage_dir / "result.json", result)
+            fit = search_stage if search_of(stage_cfg) is not None else fit_stage
+            result = run_stage(name, stage_cfg, seed, stage_dir, done, fit)
             done.setdefault(name, []).append(result)
             results.append(result)
     return results
+
+
+def run_stage(name: str, stage_cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]],
+              fit=fit_stage) -> StageResult:
+    """One stage and seed: loaded when it finished earlier (``resume=true``), else fitted, tested
+    and exported by ``fit`` (:func:`fit_stage`, or :func:`search_stage`), its ``result.json`` written."""
+    result = finished(stage_dir)
+    if result is not None:
+        if not stage_cfg.get("resume"):
+            raise DnnkitError(
+                f"{stage_dir} already holds a finished run; pass resume=true to reuse it, "
+                "or choose another folder with hydra.run.dir=..."
+            )
+        result.dir = stage_dir  # this run's folder, also where a copied or moved one was written
+        if result.search:  # a reuse search: its pick's folder holds the files
+            result.dir = stage_dir / result.search["pick"]
+        log.info("stage %s seed %s: finished earlier, results loaded from %s", name, seed, stage_dir / "result.json")
+        return result
+    interrupt.check()
+    log.info("== stage %s%s  ->  %s", name, f", seed {seed}" if len(stage_cfg.get("seeds") or []) > 1 else "", stage_dir)
+    start = time.perf_counter()
+    result = fit(name, stage_cfg, seed, stage_dir, done)
+    result.wall_seconds = result.wall_seconds or time.perf_counter() - start  # a search sums its tries'
+    if is_global_zero():
+        write_marker(stage_dir / "result.json", result)
+    return result
+
+
+def search_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
+    """A stage with ``reuse.search``: each try run as a stage in its own folder, the pick tested
+    and exported (:func:`dnnkit.search.run_search`)."""
+    return run_search(name, cfg, seed, stage_dir, lambda *a: run_stage(*a, done), lambda *a: fit_stage(*a, done),
+                      lambda *a: build_reused_module(*a, done))
 
 
 def device_summary() -> str:

@@ -63,6 +63,13 @@ class SlowTest(L.Callback):
         time.sleep(self.seconds)
 
 
+class FailFit(L.Callback):
+    """Raise as the fit starts: a stage whose every fit fails."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("probe: this fit fails")
+
+
 class RankProbe(L.Callback):
     """Write ``rank<R>.json`` (step, epoch, stop decision, learning rates, weight digest) at fit end."""
 

@@ -1,0 +1,155 @@
+"""reuse: {from: A, search: ...} (dnnkit/search.py): every k in both modes tried, each try the
+stage it says (lowest k reused, frozen and cached or fine-tuned, the top dropped or replaced),
+the best validation score picked and only it tested; a range beyond the source's layers and a
+search whose every try fails refused with what is valid; a finished search loaded on resume."""
+
+import json
+
+import pytest
+import torch
+
+from dnnkit.errors import DnnkitError
+from dnnkit.nn.surgery import read_state_dict
+from dnnkit.runner import run_recipe
+from dnnkit.search import depths, pick, search_table
+from tests.conftest import FAST, compose_config
+
+TINY = [*FAST, "trainer.max_epochs=2", "model.hidden=[16,16,16]", "data.n_per_class=20",
+        "stages.all_unfrozen=null", "stages.search.data.n_per_class=20"]
+
+
+def search_config(*extra: str):
+    return compose_config(["+recipe=reuse_search", *TINY, *extra])
+
+
+def test_every_k_in_both_modes_is_tried_and_the_best_validation_score_is_picked(fake_data, tmp_path):
+    cfg = search_config("stages.search.reuse.search.monitor=val/loss", "stages.search.reuse.search.mode=min")
+    results = run_recipe(cfg, tmp_path / "run")
+    a, found = results
+    search, folder = found.search, tmp_path / "run" / "search"
+    assert [(t["mode"], t["k"]) for t in search["tries"]] == [(m, k) for m in ("frozen", "fine_tuned") for k in (1, 2, 3)]
+    assert all(t["error"] is None and t["value"] is not None for t in search["tries"])
+    best = min(search["tries"], key=lambda t: t["value"])
+    assert search["pick"] == best["try"] and found.metrics["val/loss"] == pytest.approx(best["value"])
+    assert "test/acc" in found.metrics and found.dir == folder / best["try"]
+    assert (found.dir / "model.pt").is_file() and (found.dir / "model.pt2").is_file()  # the pick alone is tested and exported
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [best["try"]]
+    assert (folder / "search.png").stat().st_size > 0
+    assert search_table(search) == (folder / "search.md").read_text().strip()
+
+
+@pytest.mark.parametrize("extra", [[], ["stages.search.reuse.search.top=replace"]])
+def test_tries_side_by_side_equal_tries_on_their_own(fake_data, tmp_path, extra):
+    """One loop for all tries (the default) gives each try's validation scores and stop epoch as
+    its own fit does (no dropout here, whose draws would interleave)."""
+    common = ["trainer.max_epochs=6", "stages.search.reuse.search.patience=2", *extra]
+    parallel = run_recipe(search_config(*common), tmp_path / "a")[-1].search
+    alone = run_recipe(search_config(*common, "stages.search.reuse.search.parallel=false"), tmp_path / "b")[-1].search
+    assert [t["try"] for t in parallel["tries"]] == [t["try"] for t in alone["tries"]]
+    for p, a in zip(parallel["tries"], alone["tries"]):
+        assert p["value"] == pytest.approx(a["value"], abs=1e-6) and p["epochs"] == a["epochs"], (p, a)
+    assert parallel["pick"] == alone["pick"]
+    history = lambda run: json.loads((tmp_path / run / "search" / parallel["pick"] / "fit.json").read_text())["history"]
+    assert [h["val/loss"] for h in history("a")] == pytest.approx([h["val/loss"] for h in history("b")], abs=1e-5)
+
+
+def test_each_try_reuses_the_lowest_k_layers_frozen_or_fine_tuned_and_drops_the_rest(fake_data, tmp_path):
+    run_recipe(search_config("stages.search.reuse.search.k=[2]", "stages.search.reuse.search.parallel=false"), tmp_path / "run")
+    source = read_state_dict(tmp_path / "run" / "A" / "checkpoints" / "best.ckpt")
+    for mode in ("frozen", "fine_tuned"):
+        folder = tmp_path / "run" / "search" / f"{mode}_k2"
+        state = read_state_dict(next((folder / "checkpoints").glob("best*.ckpt")))
+        assert sorted({k.split(".")[1] for k in state if k.startswith("model.")}) == ["hidden1", "hidden2", "output"]
+        assert state["model.output.weight"].shape == (5, 16)  # a new output on hidden2
+        same = [torch.equal(state[f"model.{n}.linear.weight"], source[f"model.{n}.linear.weight"]) for n in ("hidden1", "hidden2")]
+        assert same == ([True, True] if mode == "frozen" else [False, False])  # frozen stays A's; fine-tuned moved on
+    assert (tmp_path / "run" / "search" / "frozen_k2" / "result.json").is_file()
+
+
+def test_replace_keeps_the_shape_with_new_layers_above_k(fake_data, tmp_path):
+    run_recipe(search_config("stages.search.reuse.search.k=[1]", "stages.search.reuse.search.top=replace",
+                             "stages.search.reuse.search.modes=[frozen]", "stages.search.reuse.search.parallel=false"), tmp_path / "run")
+    state = read_state_dict(next((tmp_path / "run" / "search" / "frozen_k1" / "checkpoints").glob("best*.ckpt")))
+    source = read_state_dict(tmp_path / "run" / "A" / "checkpoints" / "best.ckpt")
+    assert {"model.hidden3.linear.weight", "model.output.weight"} <= set(state)
+    assert torch.equal(state["model.hidden1.linear.weight"], source["model.hidden1.linear.weight"])
+    assert not torch.equal(state["model.hidden2.linear.weight"], source["model.hidden2.linear.weight"])
+
+
+def test_a_finished_search_is_loaded_on_resume_and_a_fitted_one_goes_to_the_test(fake_data, tmp_path):
+    cfg = search_config("stages.search.reuse.search.k=[1,3]")
+    first = run_recipe(cfg, tmp_path / "run")[-1]
+    again = run_recipe(search_config("stages.search.reuse.search.k=[1,3]", "resume=true"), tmp_path / "run")[-1]
+    assert again.search == first.search and again.metrics == first.metrics and again.dir == first.dir
+    folder = tmp_path / "run" / "search"
+    fitted = (folder / "tries.json").stat().st_mtime_ns
+    (folder / "result.json").unlink()  # as if killed in the pick's test: the tries are not fitted again
+    (first.dir / "fit.json").write_text((first.dir / "fit.json").read_text().replace('"tested": true', '"tested": false'))
+    third = run_recipe(search_config("stages.search.reuse.search.k=[1,3]", "resume=true"), tmp_path / "run")[-1]
+    assert (folder / "tries.json").stat().st_mtime_ns == fitted
+    assert third.search["tries"] == first.search["tries"] and third.metrics == first.metrics
+
+
+def test_k_beyond_the_source_layers_is_refused_before_training(fake_data, tmp_path):
+    with pytest.raises(DnnkitError, match=r"reuse.search.k=\[2, 7\]: each k must be an integer in 1..3, the source's 3 "
+                                          r"candidate layers \(hidden1, hidden2, hidden3\)"):
+        run_recipe(search_config("stages.search.reuse.search.k=[2,7]"), tmp_path / "run")
+    assert not (tmp_path / "run" / "A").exists()
+    with pytest.raises(DnnkitError, match="unknown reuse.search mode 'frozn'; valid: fine_tuned, frozen"):
+        run_recipe(search_config("stages.search.reuse.search.modes=[frozn]"), tmp_path / "run")
+
+
+def test_a_search_whose_every_try_fails_lists_each_error(fake_data, tmp_path):
+    fail = "+stages.search.callbacks.fail={_target_: tests.probes.FailFit}"
+    with pytest.raises(DnnkitError, match=r"a parallel reuse search fits every try in one loop and runs none of the callbacks \['fail'\]"):
+        run_recipe(search_config("stages.search.reuse.search.k=[1,2]", fail), tmp_path / "run")
+    with pytest.raises(DnnkitError) as err:
+        run_recipe(search_config("stages.search.reuse.search.k=[1,2]", "stages.search.reuse.search.parallel=false", fail), tmp_path / "run")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "every try of the reuse search failed or logged no val/acc:"
+    assert lines[1:] == [f"  {m}_k{k}: RuntimeError: probe: this fit fails" for m in ("frozen", "fine_tuned") for k in (1, 2)]
+
+
+def test_depths_and_pick():
+    names = ["hidden1", "hidden2", "hidden3", "hidden4"]
+    assert depths({"k": None}, names) == [1, 2, 3, 4]
+    assert depths({"k": {"low": 2, "high": 3}}, names) == [2, 3]
+    assert depths({"k": [3, 1, 3]}, names) == [1, 3]
+    with pytest.raises(DnnkitError, match="in 1..4"):
+        depths({"k": [0]}, names)
+    rows = [{"try": "a", "value": 0.5}, {"try": "b", "value": 0.7}, {"try": "c", "value": 0.7}, {"try": "d", "value": None, "error": "x"}]
+    assert pick(rows, "val/acc", "max")["try"] == "b" and pick(rows, "val/loss", "min")["try"] == "a"
+    with pytest.raises(DnnkitError, match="  d: x"):
+        pick(rows[3:], "val/acc", "max")
+
+
+def test_a_bundle_shares_equal_frozen_bottoms_and_gives_each_member_its_own_outputs():
+    import copy
+
+    from dnnkit import Classifier
+    from dnnkit.modules.bundle import TryBundle
+    from dnnkit.nn import MLP, freeze
+
+    torch.manual_seed(0)
+    source = MLP(64, [12, 10, 8], 3)
+    members = {}
+    for k in (1, 2, 3):
+        net = MLP(64, [12, 10, 8], 3)
+        net.load_state_dict(source.state_dict())
+        torch.nn.init.normal_(net.output.weight)
+        members[f"frozen_k{k}"] = Classifier(net)
+        freeze(members[f"frozen_k{k}"].model, "|".join(f"hidden{i}" for i in range(1, k + 1)))
+    odd = Classifier(MLP(64, [12, 10, 8], 3))  # its own hidden1: not the chain's
+    freeze(odd.model, "hidden1")
+    members["other"] = odd
+    members["fine_tuned"] = Classifier(copy.deepcopy(source))
+    own = {n: copy.deepcopy(m).eval() for n, m in members.items()}
+    frozen = {n: [f"model.hidden{i}" for i in range(1, int(n[-1]) + 1)] for n in members if n.startswith("frozen")}
+    bundle = TryBundle(members, torch.optim.Adam, frozen={**frozen, "other": ["model.hidden1"]}).eval()
+    assert bundle._depth == {"frozen_k1": 1, "frozen_k2": 2, "frozen_k3": 3}  # "other" differs, so it keeps its forward
+    x = torch.rand(5, 1, 8, 8)
+    out = bundle.outputs(x)
+    for n, m in own.items():
+        assert torch.allclose(out[n], m(x), atol=1e-6), n
+    bundle.on_train_end()  # unskips: each member computes its whole forward again
+    assert torch.allclose(members["frozen_k2"](x), own["frozen_k2"](x), atol=1e-6)
