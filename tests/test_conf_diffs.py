@@ -48,6 +48,7 @@ COMMANDS: dict[str, list[str]] = {
     "base": [],
     **{f"+recipe={r}": recipe_overrides(r) for r in RECIPES},
     "+recipe=unsupervised pretrain=rbm": ["+recipe=unsupervised", "pretrain=rbm"],
+    "+recipe=unsupervised pretrain=contrastive": ["+recipe=unsupervised", "pretrain=contrastive"],
     "+recipe=auxiliary task=pairs": ["+recipe=auxiliary", "task=pairs"],
     "trainer=ddp": ["trainer=ddp"],
     "data=fashion_mnist": ["data=fashion_mnist"],

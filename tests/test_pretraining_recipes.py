@@ -21,7 +21,10 @@ def test_unsupervised_recipe_switches_pretrainer(pretrain, target, fake_data):
         module = build_module(stage)
         assert isinstance(module.model.hidden1.act, torch.nn.Sigmoid)  # one network for every stage
     assert stages["pretrained_10"].reuse["from"] == "pretrain"
-    assert stages["pretrained_100"].reuse.layers == {"autoencoder": "hidden.*", "rbm": "hidden1"}[pretrain]
+    assert stages["pretrained_100"].reuse.layers == "hidden1" and stages["pretrain"].module.layers == "hidden1"
+    for name in ("pretrained_10", "pretrained_100"):  # the pretrained hidden1 stays frozen; the scratch arms freeze nothing
+        assert stages[name].callbacks.layer_freezing.frozen == "hidden1"
+    assert all("layer_freezing" not in stages[name].callbacks for name in ("scratch_10", "scratch_100"))
 
 
 @pytest.mark.parametrize("recipe, extra", [
@@ -32,7 +35,7 @@ def test_pretraining_recipes_run_end_to_end(recipe, extra, fake_data, tmp_path):
     tiny = ["stages.scratch_10.trainer.max_epochs=2", "stages.pretrained_10.trainer.max_epochs=2", "stages.scratch_10.seeds=[0]",
             "stages.pretrained_10.seeds=[0]", "data.val_size=100"]
     if recipe == "unsupervised":
-        tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.pretrain.module.epochs=[1,1]"]
+        tiny += ["stages.scratch_100=null", "stages.pretrained_100=null", "stages.pretrain.module.epochs=[1]"]
     else:
         tiny += [
             "stages.scratch_100=null", "stages.pretrained_100=null",
@@ -46,7 +49,7 @@ def test_pretraining_recipes_run_end_to_end(recipe, extra, fake_data, tmp_path):
     first = results[0].dir
     if recipe == "unsupervised":
         assert (first / "filters.png").is_file() and (first / "reconstructions.png").is_file()
-        assert results[0].epochs == 2
+        assert results[0].epochs == 1
 
 
 @pytest.mark.data

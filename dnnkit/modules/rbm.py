@@ -41,6 +41,9 @@ class RBMPretrainer(GreedyPretrainer):
             are not checkpointed: a resumed run restarts them at the data).
         init_std: restart the weights as N(0, init_std²) and the biases at 0, as Hinton's
             practical guide does (``None`` keeps the model's own initialisation).
+        sample_inputs: in training, the first RBM sees a binary sample of its grey inputs
+            (each pixel on with its grey level as probability, a fresh sample every batch:
+            stochastic binarisation); validation sees the grey values.
 
     Example::
 
@@ -68,6 +71,7 @@ class RBMPretrainer(GreedyPretrainer):
         k: int = 1,
         persistent: bool = False,
         init_std: float | None = 0.01,
+        sample_inputs: bool = False,
     ) -> None:
         super().__init__(model, optimizer, scheduler, epochs, layers)
         number("k (Gibbs steps of CD-k)", k, 1, integer=True)
@@ -85,7 +89,7 @@ class RBMPretrainer(GreedyPretrainer):
                 for lin in linears:
                     lin.weight.normal_(0.0, init_std)
                     lin.bias.zero_()
-        self.k, self.persistent = k, persistent
+        self.k, self.persistent, self.sample_inputs = k, persistent, bool(sample_inputs)
         self.visible_biases = nn.ParameterList(nn.Parameter(torch.zeros(lin.in_features)) for lin in linears)
         self._chains: dict[int, torch.Tensor] = {}
 
@@ -100,6 +104,8 @@ class RBMPretrainer(GreedyPretrainer):
 
     @override
     def layer_loss(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self.sample_inputs and self.training and index == 0:
+            x = torch.bernoulli(x.clamp(0, 1))
         chain = None
         if self.persistent and self.training:
             chain = self._chains.get(index)

@@ -4,6 +4,7 @@ freezing, surgery, the torchvision model zoo, autoencoders, RBMs, batch-norm fol
 from dnnkit.nn.activations import ACTIVATIONS, default_init, make_activation
 from dnnkit.nn.autoencoder import LayerDecoder, corrupt
 from dnnkit.nn.cnn import CNN, ConvBlock
+from dnnkit.nn.contrastive import ProjectionHead, nt_xent
 from dnnkit.nn.export import load_inference_model, save_inference_model
 from dnnkit.nn.fold import fold_batchnorm
 from dnnkit.nn.freeze import freeze, unfreeze
@@ -23,6 +24,7 @@ __all__ = [
     "ConvBlock",
     "DenseBlock",
     "LayerDecoder",
+    "ProjectionHead",
     "ZooNet",
     "corrupt",
     "default_init",
@@ -33,6 +35,7 @@ __all__ = [
     "load_inference_model",
     "make_activation",
     "match_name",
+    "nt_xent",
     "read_state_dict",
     "replace_layer",
     "restack",

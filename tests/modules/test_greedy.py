@@ -94,6 +94,22 @@ def test_rbm_reconstruction_error_falls_and_filters_are_saved(tmp_path):
     assert (tmp_path / "filters.png").is_file() and (tmp_path / "reconstructions.png").is_file()
 
 
+def test_rbm_sample_inputs_binarises_the_first_layer_in_training_only(monkeypatch):
+    import dnnkit.modules.rbm as rbm_module
+
+    seen = []
+    real = rbm_module.cd_loss
+    monkeypatch.setattr(rbm_module, "cd_loss", lambda v, *a, **kw: (seen.append(v), real(v, *a, **kw))[1])
+    pre = RBMPretrainer(MLP(784, [16, 8], 10, activation="sigmoid"), epochs=1, sample_inputs=True)
+    x, codes = torch.rand(6, 784) * 0.8 + 0.1, torch.rand(6, 16) * 0.8 + 0.1  # grey, never 0 or 1
+    pre.train()
+    pre.layer_loss(0, x), pre.layer_loss(1, codes)
+    pre.eval()
+    pre.layer_loss(0, x)
+    assert set(seen[0].unique().tolist()) == {0.0, 1.0}  # a binary sample of the grey pixels
+    assert torch.equal(seen[1], codes) and torch.equal(seen[2], x)  # upper layers and validation: as given
+
+
 def test_bad_inputs_fail_in_the_constructor():
     with pytest.raises(DnnkitError, match="RBM pretraining needs sigmoid layers.*model.activation=sigmoid"):
         RBMPretrainer(MLP(784, [8], 10, activation="elu"))
