@@ -360,15 +360,15 @@ def run_stage(name: str, stage_cfg: DictConfig, seed: int, stage_dir: Path, done
     log.info("== stage %s%s  ->  %s", name, f", seed {seed}" if len(stage_cfg.get("seeds") or []) > 1 else "", stage_dir)
     start = time.perf_counter()
     result = fit(name, stage_cfg, seed, stage_dir, done)
-    result.wall_seconds = result.wall_seconds or time.perf_counter() - start  # a search sums its tries'
+    result.wall_seconds = result.wall_seconds or time.perf_counter() - start  # a search times itself
     if is_global_zero():
         write_marker(stage_dir / "result.json", result)
     return result
 
 
 def search_stage(name: str, cfg: DictConfig, seed: int, stage_dir: Path, done: dict[str, list[StageResult]]) -> StageResult:
-    """A stage with ``reuse.search``: each try run as a stage in its own folder, the pick tested
-    and exported (:func:`dnnkit.search.run_search`)."""
+    """A stage with ``reuse.search``: its tries fitted side by side (or each as a stage of its
+    own), the pick tested and exported (:func:`dnnkit.search.run_search`)."""
     return run_search(name, cfg, seed, stage_dir, lambda *a: run_stage(*a, done), lambda *a: fit_stage(*a, done),
                       lambda *a: build_reused_module(*a, done))
 
