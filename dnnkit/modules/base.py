@@ -22,3 +22,15 @@ class DnnkitModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    def require_last_epoch(self, why: str = "") -> None:
+        """Refuse a checkpoint callback that keeps a "best" epoch, for a module whose result is
+        its last one (the pretrainers); ``why`` is added to the message."""
+        from dnnkit.errors import DnnkitError
+
+        ckpt = self.trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "monitor", None) is not None:
+            raise DnnkitError(
+                f"{type(self).__name__}'s result is its last epoch, but the checkpoint callback monitors "
+                f"{ckpt.monitor!r}{why}: set callbacks.checkpoint.monitor=null"
+            )
+

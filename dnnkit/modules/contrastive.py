@@ -127,12 +127,7 @@ class ContrastivePretrainer(DnnkitModule):
 
     @override
     def on_fit_start(self) -> None:
-        ckpt = self.trainer.checkpoint_callback
-        if ckpt is not None and getattr(ckpt, "monitor", None) is not None:
-            raise DnnkitError(
-                f"ContrastivePretrainer's result is its last epoch, but the checkpoint callback monitors {ckpt.monitor!r}: "
-                "set callbacks.checkpoint.monitor=null"
-            )
+        self.require_last_epoch()
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

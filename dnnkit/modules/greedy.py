@@ -138,12 +138,7 @@ class GreedyPretrainer(DnnkitModule):
 
     @override
     def on_fit_start(self) -> None:
-        ckpt = self.trainer.checkpoint_callback
-        if ckpt is not None and getattr(ckpt, "monitor", None) is not None:
-            raise DnnkitError(
-                f"{type(self).__name__}'s result is its last epoch, but the checkpoint callback monitors "
-                f"{ckpt.monitor!r} and would keep an earlier phase's weights: set callbacks.checkpoint.monitor=null"
-            )
+        self.require_last_epoch(" and would keep an earlier phase's weights")
         total = sum(self.epochs)
         if self.trainer.max_epochs != total:
             log.info("greedy pretraining: max_epochs set to %d (epochs per layer %s)", total, self.epochs)
