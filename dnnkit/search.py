@@ -11,7 +11,8 @@ reuse", as one stage. A stage whose ``reuse`` has a ``search``::
 tries reusing the lowest k = 1 ... N of the source's layers (``search.layers``, by default the
 layers a plain ``reuse`` copies: ``hidden.*`` of an MLP), each in every mode:
 
-- ``frozen``: the k layers frozen (trained on their cached outputs when a try runs on its own);
+- ``frozen``: the k layers frozen, the layers above trained on their cached outputs (unless the
+  training split is augmented);
 - ``fine_tuned``: the k layers trained on from the source's weights.
 
 ``top: drop`` (the default, the seed's first advice) drops the layers above k and puts a new
@@ -19,8 +20,9 @@ output on layer k; ``top: replace`` keeps the stage's shape, the layers above k 
 weights ("if you have plenty of training data, you may try replacing the top hidden layers").
 Each try is the stage with that ``reuse`` and freezing, early stopping's ``patience`` set to
 ``search.patience`` (5; null keeps the stage's). By default (``parallel: true``) all tries are
-fitted side by side in one loop (:class:`~dnnkit.modules.bundle.TryBundle`: each exactly as on
-its own, one loop's overhead instead of one per try); ``parallel: false`` fits each as its own
+fitted side by side (:class:`~dnnkit.modules.bundle.TryBundle`: each exactly as on its own; the
+frozen tries in one plain loop on their layers' cached outputs, the others in one Lightning loop,
+instead of one loop per try); ``parallel: false`` fits each as its own
 stage in ``<stage>/<mode>_k<k>/`` (any callback, scheduler or clipping; resumable try by try).
 Tries are not tested; the try with the best ``search.monitor`` (``val/acc``, maximised, over its
 epochs) is then tested and exported in ``<stage>/<mode>_k<k>/``, and is what the stage reports
@@ -228,7 +230,7 @@ def run_search(name: str, cfg: DictConfig, seed: int, stage_dir: Path, run_one: 
     best = pick(rows, spec["monitor"], spec["mode"])
     chosen = OmegaConf.merge(configs[best["try"]][2], {"resume": True})  # fitted (fit.json), not yet tested
     if spec["parallel"]:
-        chosen.callbacks.layer_freezing = None  # a test needs no freezing; the bundle trained without the cache
+        chosen.callbacks.layer_freezing = None  # the test needs neither the freezing nor its cache
     result = test_pick(f"{name}/{best['try']}", chosen, seed, stage_dir / best["try"])
     result.stage, result.fit_seconds = name, seconds
     result.wall_seconds = time.perf_counter() - start  # this command's: a resumed search counts only what it redid
@@ -302,7 +304,7 @@ def fit_parallel(name: str, configs: dict, spec: dict, seed: int, stage_dir: Pat
     with warnings.catch_warnings():  # frozen layers are pinned in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
         warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-        trainer.fit(bundle, datamodule=datamodule)
+        bundle.fit(trainer, datamodule)
     seconds = time.perf_counter() - started
     rows = [{"try": label, "mode": mode, "k": k, "value": best_value(bundle.history[label], spec["monitor"], spec["mode"]),
              "epochs": bundle.stopped.get(label), "fit_seconds": None, "error": None}

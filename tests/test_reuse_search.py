@@ -3,11 +3,16 @@ stage it says (lowest k reused, frozen and cached or fine-tuned, the top dropped
 the best validation score picked and only it tested; a range beyond the source's layers and a
 search whose every try fails refused with what is valid; a finished search loaded on resume."""
 
+import copy
 import json
+import logging
+import signal
+from functools import partial
 
 import pytest
 import torch
 
+from dnnkit.data.base import TensorDataModule
 from dnnkit.errors import DnnkitError
 from dnnkit.nn.surgery import read_state_dict
 from dnnkit.runner import run_recipe
@@ -38,12 +43,22 @@ def test_every_k_in_both_modes_is_tried_and_the_best_validation_score_is_picked(
     assert search_table(search) == (folder / "search.md").read_text().strip()
 
 
-@pytest.mark.parametrize("extra", [[], ["stages.search.reuse.search.top=replace"]])
-def test_tries_side_by_side_equal_tries_on_their_own(fake_data, tmp_path, extra):
+CACHED = "3 tries with frozen layers fitted on those layers' cached outputs"
+
+
+@pytest.mark.parametrize("extra, loop", [
+    ([], CACHED),
+    (["stages.search.reuse.search.top=replace"], CACHED),
+    (["data.augment=[crop:2]"], "fitted in Lightning's loop, not on cached outputs: the train split is augmented"),
+])
+def test_tries_side_by_side_equal_tries_on_their_own(fake_data, tmp_path, caplog, extra, loop):
     """One loop for all tries (the default) gives each try's validation scores and stop epoch as
-    its own fit does (no dropout here, whose draws would interleave)."""
+    its own fit does (no dropout here, whose draws would interleave): the frozen tries on their
+    cached outputs in a plain loop, or (augmented, so nothing is cached) in Lightning's with the others."""
     common = ["trainer.max_epochs=6", "stages.search.reuse.search.patience=2", *extra]
-    parallel = run_recipe(search_config(*common), tmp_path / "a")[-1].search
+    with caplog.at_level(logging.INFO, logger="dnnkit.modules.bundle"):
+        parallel = run_recipe(search_config(*common), tmp_path / "a")[-1].search
+    assert loop in caplog.text
     alone = run_recipe(search_config(*common, "stages.search.reuse.search.parallel=false"), tmp_path / "b")[-1].search
     assert [t["try"] for t in parallel["tries"]] == [t["try"] for t in alone["tries"]]
     for p, a in zip(parallel["tries"], alone["tries"]):
@@ -123,11 +138,10 @@ def test_depths_and_pick():
         pick(rows[3:], "val/acc", "max")
 
 
-def test_a_bundle_shares_equal_frozen_bottoms_and_gives_each_member_its_own_outputs():
-    import copy
-
+def frozen_tries() -> tuple[dict, dict]:
+    """Three classifiers reusing the lowest k = 1..3 layers of one MLP, frozen, each with a new
+    output; and their frozen layers' names."""
     from dnnkit import Classifier
-    from dnnkit.modules.bundle import TryBundle
     from dnnkit.nn import MLP, freeze
 
     torch.manual_seed(0)
@@ -139,12 +153,20 @@ def test_a_bundle_shares_equal_frozen_bottoms_and_gives_each_member_its_own_outp
         torch.nn.init.normal_(net.output.weight)
         members[f"frozen_k{k}"] = Classifier(net)
         freeze(members[f"frozen_k{k}"].model, "|".join(f"hidden{i}" for i in range(1, k + 1)))
+    return members, {n: [f"model.hidden{i}" for i in range(1, int(n[-1]) + 1)] for n in members}
+
+
+def test_a_bundle_shares_equal_frozen_bottoms_and_gives_each_member_its_own_outputs():
+    from dnnkit import Classifier
+    from dnnkit.modules.bundle import TryBundle
+    from dnnkit.nn import MLP, freeze
+
+    members, frozen = frozen_tries()
     odd = Classifier(MLP(64, [12, 10, 8], 3))  # its own hidden1: not the chain's
     freeze(odd.model, "hidden1")
     members["other"] = odd
-    members["fine_tuned"] = Classifier(copy.deepcopy(source))
+    members["fine_tuned"] = Classifier(copy.deepcopy(members["frozen_k3"].model))
     own = {n: copy.deepcopy(m).eval() for n, m in members.items()}
-    frozen = {n: [f"model.hidden{i}" for i in range(1, int(n[-1]) + 1)] for n in members if n.startswith("frozen")}
     bundle = TryBundle(members, torch.optim.Adam, frozen={**frozen, "other": ["model.hidden1"]}).eval()
     assert bundle._depth == {"frozen_k1": 1, "frozen_k2": 2, "frozen_k3": 3}  # "other" differs, so it keeps its forward
     x = torch.rand(5, 1, 8, 8)
@@ -153,3 +175,76 @@ def test_a_bundle_shares_equal_frozen_bottoms_and_gives_each_member_its_own_outp
         assert torch.allclose(out[n], m(x), atol=1e-6), n
     bundle.on_train_end()  # unskips: each member computes its whole forward again
     assert torch.allclose(members["frozen_k2"](x), own["frozen_k2"](x), atol=1e-6)
+
+
+class Blobs(TensorDataModule):
+    """120 random 8x8 images of 3 classes, no test split."""
+
+    name = "blobs"
+
+    def source_labels(self, split):
+        return torch.arange(120) % 3 if split == "train" else None
+
+    def load_source(self, split):
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(0, 256, (120, 8, 8), dtype=torch.uint8, generator=g), self.source_labels(split)
+
+    def source_class_names(self):
+        return ["a", "b", "c"]
+
+    def input_shape(self):
+        return (1, 8, 8)
+
+
+def bundle_and_trainer(members: dict, frozen: dict):
+    import lightning as L
+
+    from dnnkit.modules.bundle import TryBundle
+
+    bundle = TryBundle(members, partial(torch.optim.Adam, lr=0.01), ("val/acc", "max"), ("val/loss", "min", 2, 0.0), frozen)
+    trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return bundle, trainer, Blobs(batch_size=16, val_size=0.25, test_size=12)
+
+
+def test_frozen_tries_on_cached_outputs_train_as_in_lightnings_loop(caplog):
+    """The plain loop on the cached chain (what a parallel search does for its frozen tries) gives
+    each member the history, best epoch and weights that Lightning's loop over the images gives."""
+    members, frozen = frozen_tries()
+    cached, trainer, data = bundle_and_trainer(copy.deepcopy(members), frozen)
+    with caplog.at_level(logging.INFO, logger="dnnkit.modules.bundle"):
+        cached.fit(trainer, data)
+    assert "3 tries with frozen layers fitted on those layers' cached outputs" in caplog.text
+    looped, trainer, data = bundle_and_trainer(members, frozen)
+    trainer.fit(looped, datamodule=data)
+    assert cached.stopped == looped.stopped and min(looped.stopped.values()) < 8  # some stopped early
+    for n in members:
+        assert [h["val/loss"] for h in cached.history[n]] == pytest.approx([h["val/loss"] for h in looped.history[n]], abs=1e-6)
+        assert cached.best[n]["epoch"] == looped.best[n]["epoch"]
+        for k, v in cached.member_state(n).items():
+            assert torch.allclose(v, looped.member_state(n)[k], atol=1e-6), (n, k)
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.allclose(cached.members["frozen_k2"](x), looped.members["frozen_k2"](x), atol=1e-6)  # both unskipped
+
+
+def test_a_signal_stops_the_cached_loop(monkeypatch):
+    from dnnkit import interrupt
+
+    bundle, trainer, data = bundle_and_trainer(*frozen_tries())
+    monkeypatch.setattr(interrupt, "_received", [signal.SIGTERM])
+    with pytest.raises(interrupt.Interrupted):
+        bundle.fit(trainer, data)
+    assert bundle.history == {n: [] for n in bundle.members}
+
+
+def test_a_cache_too_big_leaves_the_frozen_tries_in_lightnings_loop(monkeypatch, caplog):
+    from dnnkit.modules import bundle as module
+
+    monkeypatch.setattr(module, "CACHE_BYTES", 1000)
+    bundle, trainer, data = bundle_and_trainer(*frozen_tries())
+    with caplog.at_level(logging.INFO, logger="dnnkit.modules.bundle"):
+        bundle.fit(trainer, data)
+    # (12 + 10 + 8) floats of 4 bytes for each of the 81 training and 27 validation images
+    assert ("fitted in Lightning's loop, not on cached outputs: they would take 12.7 KiB, more than "
+            "dnnkit.modules.bundle.CACHE_BYTES (1000 B)") in caplog.text
+    assert all(len(h) == bundle.stopped[n] for n, h in bundle.history.items())

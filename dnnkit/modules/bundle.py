@@ -25,12 +25,20 @@ with the deepest one (a search's frozen tries all hold the source's layers) shar
 each batch goes once through that chain, and each such member computes only its layers above
 (the others are skipped, :func:`dnnkit.nn.freeze.skip`). The same operations as each member's
 own forward, so the same numbers.
+
+:meth:`TryBundle.fit` goes further for those members: it computes the chain's outputs once per
+split and fits them on those, in a plain loop of the same batches, steps and validations as
+Lightning's (:meth:`TryBundle.fit_cached`; a frozen try's step is a few small layers, so
+Lightning's per-step hooks and closures were most of its cost), then fits the others in
+Lightning's loop. A trainer or data the plain loop does not mirror (an augmented split, a GPU,
+several processes, a fractional ``limit_*_batches``, ...) keeps every member in Lightning's loop.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 
 import torch
 from torch import nn
@@ -41,6 +49,8 @@ from dnnkit.nn.freeze import NotABottom, frozen_bottom, skip, unskip
 from dnnkit.nn.mlp import MLP
 
 log = logging.getLogger(__name__)
+
+CACHE_BYTES = 2 * 2**30  # the most the cached outputs of the frozen layers may take
 
 
 def better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -78,8 +88,8 @@ class TryBundle(DnnkitModule):
         self._wait = dict.fromkeys(members, 0)
         self._sums: dict[str, list[float]] = {}
 
-    def outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each active member's logits for ``x``, the shared frozen chain run once."""
+    def chain_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The shared frozen chain's output at each depth for ``x`` (empty when no active member takes it)."""
         shared = []
         if self._chain and any(n in self._depth for n in self.active):
             with torch.no_grad():
@@ -87,12 +97,28 @@ class TryBundle(DnnkitModule):
                 for layer in self._chain:
                     h = type(layer).forward(layer, h)  # the class's forward: the chain's own layers may be skipped
                     shared.append(h)
+        return shared
+
+    def outputs(self, x: torch.Tensor, shared: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Each active member's logits for ``x``, the shared frozen chain run once (or its outputs ``shared``, cached)."""
+        shared = self.chain_outputs(x) if shared is None else shared
         return {n: self.members[n](shared[self._depth[n] - 1] if n in self._depth else x) for n in self.active}
+
+    def total_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        return sum(self.members[n].loss(logits, y) for n, logits in outputs.items())
+
+    def tally(self, outputs: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        """Add a validation batch to each member's loss sum, correct count and count."""
+        for n, logits in outputs.items():
+            sums = self._sums[n]
+            sums[0] += float(self.members[n].loss(logits, y)) * len(y)
+            sums[1] += int((logits.argmax(1) == y).sum())
+            sums[2] += len(y)
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        return sum(self.members[n].loss(logits, y) for n, logits in self.outputs(x).items())
+        return self.total_loss(self.outputs(x), y)
 
     @override
     def on_validation_epoch_start(self) -> None:
@@ -101,17 +127,18 @@ class TryBundle(DnnkitModule):
     @override
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        for n, logits in self.outputs(x).items():
-            sums = self._sums[n]
-            sums[0] += float(self.members[n].loss(logits, y)) * len(y)
-            sums[1] += int((logits.argmax(1) == y).sum())
-            sums[2] += len(y)
+        self.tally(self.outputs(x), y)
 
     @override
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        epoch = self.current_epoch + 1
+        self.end_epoch(self.current_epoch + 1)
+        if not self.active:
+            self.trainer.should_stop = True
+
+    def end_epoch(self, epoch: int) -> None:
+        """Each active member's validation row of ``epoch``: its best state kept, its early stop counted."""
         for n in list(self.active):
             loss, correct, count = self._sums[n]
             row = {"epoch": epoch, "val/loss": loss / count, "val/acc": correct / count}
@@ -131,23 +158,149 @@ class TryBundle(DnnkitModule):
                     self.stopped[n] = epoch
                     log.info("try %s stopped at epoch %d (best %s %.4f at epoch %d); %d still training", n, epoch,
                              self.best_by[0], self.best[n]["value"], self.best[n]["epoch"], len(self.active))
-        if not self.active:
-            self.trainer.should_stop = True
 
     @override
     def on_train_end(self) -> None:
+        self.finish(self.current_epoch)
+
+    def finish(self, epochs: int) -> None:
+        """The members still training stop at ``epochs``; each computes its whole forward again."""
         for n in self.active:
-            self.stopped[n] = self.current_epoch
-        unskip(self._skipped)  # the members compute their whole forward again
+            self.stopped[n] = epochs
+        self.active = []
+        unskip(self._skipped)
 
     @override
     def configure_optimizers(self):
-        # one group: the same hyperparameters for all, and one foreach update instead of one per member
-        return self.optimizer_factory([p for m in self.members.values() for p in m.parameters() if p.requires_grad])
+        # one group over the active members: the same hyperparameters for all
+        return self.optimizer_factory([p for n in self.active for p in self.members[n].parameters() if p.requires_grad])
+
+    def fit(self, trainer, datamodule) -> None:
+        """Fit every member: those that take the shared chain on its outputs cached, in
+        :meth:`fit_cached` (unless :func:`not_plain` or :meth:`too_big` says why not), then
+        the others with ``trainer`` (Lightning's loop)."""
+        cached = [n for n in self.active if n in self._depth]
+        why = (not_plain(trainer, datamodule) or self.too_big(datamodule)) if cached else None
+        if cached and why is None:
+            others, self.active = [n for n in self.active if n not in cached], list(cached)
+            started = time.perf_counter()
+            self.fit_cached(datamodule, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches)
+            log.info("%d tries with frozen layers fitted on those layers' cached outputs in %.1f s", len(cached),
+                     time.perf_counter() - started)
+            self.active = others
+        elif cached:
+            log.info("the tries with frozen layers are fitted in Lightning's loop, not on cached outputs: %s", why)
+        if self.active:
+            trainer.fit(self, datamodule=datamodule)
+        self.finish(trainer.max_epochs)
+
+    def fit_cached(self, datamodule, max_epochs: int, limit_train: int | float = 1.0, limit_val: int | float = 1.0) -> None:
+        """Fit the active members, which all take the shared chain, on the chain's outputs
+        computed once per split (as :class:`~dnnkit.data.feature_cache.CachedDataModule` caches
+        a frozen bottom), in a plain loop that does what Lightning's does for them: each epoch the
+        training split's batches in its loader's order, a zeroed gradient, the summed loss's
+        backward and an optimizer step for each; then the validation split's batches in eval mode,
+        each member's best state and early stop as in Lightning's loop. A frozen try's step is a
+        few small layers, so Lightning's per-step bookkeeping (hooks, closures, profiler contexts)
+        is most of its cost: ``+recipe=reuse_search`` with only its five frozen tries takes 6.4 s
+        this way against 13.8 s in Lightning's loop, the same rows (docs/RESULTS.md#reuse_search).
+        A pending Ctrl-C or SIGTERM stops it between steps."""
+        from dnnkit import interrupt
+
+        datamodule.setup("fit")
+        train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+        features = {"train": self.cache(train), "val": self.cache(val)}
+        optimizer = self.configure_optimizers()
+        for epoch in range(max_epochs):
+            self.train()
+            for idx in batches(train, epoch, limit_train):
+                interrupt.check()
+                optimizer.zero_grad()
+                self.total_loss(self.outputs(None, [f.index_select(0, idx) for f in features["train"]]), train.labels[idx]).backward()
+                optimizer.step()
+            self.eval()
+            self.on_validation_epoch_start()
+            with torch.no_grad():
+                for idx in batches(val, epoch, limit_val):
+                    self.tally(self.outputs(None, [f.index_select(0, idx) for f in features["val"]]), val.labels[idx])
+            self.end_epoch(epoch + 1)
+            if not self.active:
+                return
+        for n in self.active:
+            self.stopped[n] = max_epochs
+
+    def cache(self, loader, chunk: int = 2000) -> list[torch.Tensor]:
+        """The shared chain's output at each depth for every sample of ``loader``, in index order
+        (in chunks, as :func:`~dnnkit.data.feature_cache.compute_features`, so the same numbers)."""
+        n = len(loader.labels)
+        parts = [self.chain_outputs(loader.batch(torch.arange(i, min(n, i + chunk)))[0]) for i in range(0, n, chunk)]
+        return [torch.cat(depth) for depth in zip(*parts)]
+
+    def too_big(self, datamodule) -> str | None:
+        """Why the chain's outputs for the training and validation splits would not fit in
+        :data:`CACHE_BYTES`, or None."""
+        loaders = [datamodule.train_dataloader(), datamodule.val_dataloader()]
+        depths = {self._depth[n] for n in self.active if n in self._depth}
+        per_sample = sum(h.numel() for d, h in enumerate(self.chain_outputs(loaders[0].batch(torch.arange(1))[0]), 1) if d in depths)
+        size = per_sample * 4 * sum(len(loader.labels) for loader in loaders)
+        if size > CACHE_BYTES:
+            return f"they would take {in_units(size)}, more than dnnkit.modules.bundle.CACHE_BYTES ({in_units(CACHE_BYTES)})"
+        return None
 
     def member_state(self, name: str) -> dict[str, torch.Tensor]:
         """The member's best state (its last, if no validation ran)."""
         return self.best[name]["state"] or copy.deepcopy(self.members[name].state_dict())
+
+
+def in_units(size: int) -> str:
+    """``size`` bytes in B, KiB, MiB or GiB.
+
+    Example::
+
+        >>> in_units(1000), in_units(12_960), in_units(2 * 2**30)
+        ('1000 B', '12.7 KiB', '2.0 GiB')
+    """
+    if size < 1024:
+        return f"{size} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}"
+
+
+def batches(loader, epoch: int, limit: int | float = 1.0):
+    """The sample indices of each batch ``loader`` (a one-process :class:`~dnnkit.data.TensorLoader`)
+    serves in ``epoch``: all, or the first ``limit`` when it is a count (as Lightning's ``limit_*_batches``)."""
+    order, size = loader.order(epoch), loader.batch_size
+    n = len(loader) if isinstance(limit, float) else min(len(loader), limit)
+    return (order[i * size:(i + 1) * size] for i in range(n))
+
+
+def not_plain(trainer, datamodule) -> str | None:
+    """Why :meth:`TryBundle.fit_cached` cannot stand in for ``trainer``'s loop on ``datamodule``, or None."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from dnnkit.data.loader import TensorLoader
+
+    plain = {"val_check_interval": 1.0, "check_val_every_n_epoch": 1, "accumulate_grad_batches": 1, "max_steps": -1,
+             "overfit_batches": 0.0, "precision": "32-true"}
+    odd = [f"trainer.{k}={getattr(trainer, k)!r}" for k, v in plain.items() if getattr(trainer, k) != v]
+    odd += [f"trainer.{k}={getattr(trainer, k)!r}" for k in ("limit_train_batches", "limit_val_batches")
+            if getattr(trainer, k) != 1.0 and not (isinstance(getattr(trainer, k), int) and getattr(trainer, k) >= 1)]
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
+        odd.append("not one CPU process")
+    if not trainer.max_epochs or trainer.max_epochs < 0:
+        odd.append(f"trainer.max_epochs={trainer.max_epochs!r}")
+    if odd:
+        return ", ".join(odd)
+    datamodule.setup("fit")
+    loaders = {"train": datamodule.train_dataloader(), "val": datamodule.val_dataloader()}
+    for split, loader in loaders.items():
+        if type(loader) is not TensorLoader:
+            return f"the {split} batches come from a {type(loader).__name__}, not a TensorLoader"
+        if loader.augment is not None:
+            return f"the {split} split is augmented"
+    return None
 
 
 def share_bottoms(members: nn.ModuleDict, frozen: dict[str, list[str]]) -> tuple[list[nn.Module], dict[str, int], bool, list]:
