@@ -12,7 +12,7 @@ tries reusing the lowest k = 1 ... N of the source's layers (``search.layers``, 
 layers a plain ``reuse`` copies: ``hidden.*`` of an MLP), each in every mode:
 
 - ``frozen``: the k layers frozen, the layers above trained on their cached outputs (unless the
-  training split is augmented);
+  data or trainer rule it out: :meth:`~dnnkit.modules.bundle.TryBundle.fit`);
 - ``fine_tuned``: the k layers trained on from the source's weights.
 
 ``top: drop`` (the default, the seed's first advice) drops the layers above k and puts a new
@@ -98,6 +98,9 @@ def check_parallel(cfg) -> None:
         raise DnnkitError(f"a parallel reuse search fits every try in one loop and runs none of the callbacks {unsupported}{way_out}")
     if (cfg.get("scheduler") or {}).get("_target_") or (cfg.get("trainer") or {}).get("gradient_clip_val"):
         raise DnnkitError(f"a parallel reuse search takes no scheduler and no trainer.gradient_clip_val{way_out}")
+    bounds = [k for k in ("min_epochs", "min_steps", "max_time") if (cfg.get("trainer") or {}).get(k) is not None]
+    if bounds:  # each try stops on its own early stopping; one loop cannot keep each to these
+        raise DnnkitError(f"a parallel reuse search takes no trainer.{', trainer.'.join(bounds)}{way_out}")
     if str((cfg.get("optimizer") or {}).get("_target_", "")).endswith("LBFGS"):
         raise DnnkitError(f"a parallel reuse search needs an optimizer that updates each parameter on its own, not LBFGS{way_out}")
 

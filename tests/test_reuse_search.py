@@ -138,17 +138,17 @@ def test_depths_and_pick():
         pick(rows[3:], "val/acc", "max")
 
 
-def frozen_tries() -> tuple[dict, dict]:
-    """Three classifiers reusing the lowest k = 1..3 layers of one MLP, frozen, each with a new
-    output; and their frozen layers' names."""
+def frozen_tries(**mlp) -> tuple[dict, dict]:
+    """Three classifiers reusing the lowest k = 1..3 layers of one MLP (``mlp``: its options),
+    frozen, each with a new output; and their frozen layers' names."""
     from dnnkit import Classifier
     from dnnkit.nn import MLP, freeze
 
     torch.manual_seed(0)
-    source = MLP(64, [12, 10, 8], 3)
+    source = MLP(64, [12, 10, 8], 3, **mlp)
     members = {}
     for k in (1, 2, 3):
-        net = MLP(64, [12, 10, 8], 3)
+        net = MLP(64, [12, 10, 8], 3, **mlp)
         net.load_state_dict(source.state_dict())
         torch.nn.init.normal_(net.output.weight)
         members[f"frozen_k{k}"] = Classifier(net)
@@ -196,55 +196,73 @@ class Blobs(TensorDataModule):
         return (1, 8, 8)
 
 
-def bundle_and_trainer(members: dict, frozen: dict):
+def bundle_and_trainer(members: dict, frozen: dict, batch_size: int = 16, **trainer):
     import lightning as L
 
     from dnnkit.modules.bundle import TryBundle
 
     bundle = TryBundle(members, partial(torch.optim.Adam, lr=0.01), ("val/acc", "max"), ("val/loss", "min", 2, 0.0), frozen)
-    trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    return bundle, trainer, Blobs(batch_size=16, val_size=0.25, test_size=12)
+    trainer = L.Trainer(**{"max_epochs": 8, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                           "enable_model_summary": False, **trainer})
+    return bundle, trainer, Blobs(batch_size=batch_size, val_size=0.25, test_size=12)
 
 
-def test_frozen_tries_on_cached_outputs_train_as_in_lightnings_loop(caplog):
+@pytest.mark.parametrize("mlp, batch_size", [({}, 16), ({"batch_norm": True, "dropout": 0.3}, 27)])
+def test_frozen_tries_on_cached_outputs_train_as_in_lightnings_loop(caplog, mlp, batch_size):
     """The plain loop on the cached chain (what a parallel search does for its frozen tries) gives
-    each member the history, best epoch and weights that Lightning's loop over the images gives."""
-    members, frozen = frozen_tries()
-    cached, trainer, data = bundle_and_trainer(copy.deepcopy(members), frozen)
+    each member the history, best epoch and weights that Lightning's loop over the images gives:
+    with batch norm and dropout above the frozen layers too (train and eval modes, the same draws)."""
+    members, frozen = frozen_tries(**mlp)
+    cached, trainer, data = bundle_and_trainer(copy.deepcopy(members), frozen, batch_size)
+    torch.manual_seed(1)
     with caplog.at_level(logging.INFO, logger="dnnkit.modules.bundle"):
         cached.fit(trainer, data)
     assert "3 tries with frozen layers fitted on those layers' cached outputs" in caplog.text
-    looped, trainer, data = bundle_and_trainer(members, frozen)
+    looped, trainer, data = bundle_and_trainer(members, frozen, batch_size)
+    torch.manual_seed(1)
     trainer.fit(looped, datamodule=data)
     assert cached.stopped == looped.stopped and min(looped.stopped.values()) < 8  # some stopped early
     for n in members:
         assert [h["val/loss"] for h in cached.history[n]] == pytest.approx([h["val/loss"] for h in looped.history[n]], abs=1e-6)
         assert cached.best[n]["epoch"] == looped.best[n]["epoch"]
         for k, v in cached.member_state(n).items():
-            assert torch.allclose(v, looped.member_state(n)[k], atol=1e-6), (n, k)
+            assert torch.allclose(v.float(), looped.member_state(n)[k].float(), atol=1e-6), (n, k)
     x = torch.rand(4, 1, 8, 8)
+    cached.eval(), looped.eval()
     assert torch.allclose(cached.members["frozen_k2"](x), looped.members["frozen_k2"](x), atol=1e-6)  # both unskipped
 
 
-def test_a_signal_stops_the_cached_loop(monkeypatch):
+@pytest.mark.parametrize("trainer, why", [
+    ({}, None),
+    ({"limit_train_batches": 3, "limit_val_batches": 1}, None),  # counts of batches: mirrored
+    ({"limit_train_batches": 0.5}, "trainer.limit_train_batches=0.5"),
+    ({"val_check_interval": 1}, "trainer.val_check_interval=1"),  # an int: after every batch
+    ({"min_epochs": 2}, "trainer.min_epochs=2"),
+    ({"max_time": {"seconds": 60}}, "the callback Timer"),
+    ({"accumulate_grad_batches": 2}, "trainer.accumulate_grad_batches=2"),
+])
+def test_what_the_plain_loop_does_not_mirror_is_named(trainer, why):
+    from dnnkit.modules.bundle import not_plain
+
+    _, trainer, data = bundle_and_trainer(*frozen_tries(), **trainer)
+    assert not_plain(trainer, data) == why
+
+
+def test_a_signal_stops_the_cached_loop_and_the_members_compute_their_whole_forward(monkeypatch):
     from dnnkit import interrupt
 
-    bundle, trainer, data = bundle_and_trainer(*frozen_tries())
+    members, frozen = frozen_tries()
+    own = copy.deepcopy(members)
+    bundle, trainer, data = bundle_and_trainer(members, frozen)
     monkeypatch.setattr(interrupt, "_received", [signal.SIGTERM])
     with pytest.raises(interrupt.Interrupted):
         bundle.fit(trainer, data)
     assert bundle.history == {n: [] for n in bundle.members}
+    x = torch.rand(4, 1, 8, 8)
+    assert all(torch.equal(bundle.members[n].eval()(x), own[n].eval()(x)) for n in own)  # not a step taken, all unskipped
 
 
-def test_a_cache_too_big_leaves_the_frozen_tries_in_lightnings_loop(monkeypatch, caplog):
-    from dnnkit.modules import bundle as module
-
-    monkeypatch.setattr(module, "CACHE_BYTES", 1000)
-    bundle, trainer, data = bundle_and_trainer(*frozen_tries())
-    with caplog.at_level(logging.INFO, logger="dnnkit.modules.bundle"):
-        bundle.fit(trainer, data)
-    # (12 + 10 + 8) floats of 4 bytes for each of the 81 training and 27 validation images
-    assert ("fitted in Lightning's loop, not on cached outputs: they would take 12.7 KiB, more than "
-            "dnnkit.modules.bundle.CACHE_BYTES (1000 B)") in caplog.text
-    assert all(len(h) == bundle.stopped[n] for n, h in bundle.history.items())
+def test_a_parallel_search_refuses_bounds_each_try_cannot_keep(fake_data, tmp_path):
+    with pytest.raises(DnnkitError, match=r"^a parallel reuse search takes no trainer.min_epochs, trainer.max_time; set "
+                                          r"reuse.search.parallel=false to fit each try on its own$"):
+        run_recipe(search_config("+trainer.min_epochs=3", "+trainer.max_time=00:00:10:00"), tmp_path / "run")

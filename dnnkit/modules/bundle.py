@@ -116,9 +116,10 @@ class TryBundle(DnnkitModule):
             sums[2] += len(y)
 
     @override
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y = batch
-        return self.total_loss(self.outputs(x), y)
+        # None (no step) once every member has stopped but the trainer goes on (trainer.min_epochs)
+        return self.total_loss(self.outputs(x), y) if self.active else None
 
     @override
     def on_validation_epoch_start(self) -> None:
@@ -181,18 +182,21 @@ class TryBundle(DnnkitModule):
         the others with ``trainer`` (Lightning's loop)."""
         cached = [n for n in self.active if n in self._depth]
         why = (not_plain(trainer, datamodule) or self.too_big(datamodule)) if cached else None
-        if cached and why is None:
-            others, self.active = [n for n in self.active if n not in cached], list(cached)
-            started = time.perf_counter()
-            self.fit_cached(datamodule, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches)
-            log.info("%d tries with frozen layers fitted on those layers' cached outputs in %.1f s", len(cached),
-                     time.perf_counter() - started)
-            self.active = others
-        elif cached:
-            log.info("the tries with frozen layers are fitted in Lightning's loop, not on cached outputs: %s", why)
-        if self.active:
-            trainer.fit(self, datamodule=datamodule)
-        self.finish(trainer.max_epochs)
+        try:
+            if cached and why is None:
+                others, self.active = [n for n in self.active if n not in cached], list(cached)
+                started = time.perf_counter()
+                self.fit_cached(datamodule, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches)
+                log.info("%d tries with frozen layers fitted on those layers' cached outputs in %.1f s", len(cached),
+                         time.perf_counter() - started)
+                self.active = others
+            elif cached:
+                log.info("the tries with frozen layers are fitted in Lightning's loop, not on cached outputs: %s", why)
+            if self.active:
+                trainer.fit(self, datamodule=datamodule)
+            self.finish(trainer.current_epoch)  # members Lightning's loop never reached (no batches) trained 0 epochs
+        finally:
+            unskip(self._skipped)  # also when a fit raised or was interrupted
 
     def fit_cached(self, datamodule, max_epochs: int, limit_train: int | float = 1.0, limit_val: int | float = 1.0) -> None:
         """Fit the active members, which all take the shared chain, on the chain's outputs
@@ -232,17 +236,20 @@ class TryBundle(DnnkitModule):
     def cache(self, loader, chunk: int = 2000) -> list[torch.Tensor]:
         """The shared chain's output at each depth for every sample of ``loader``, in index order
         (in chunks, as :func:`~dnnkit.data.feature_cache.compute_features`, so the same numbers)."""
-        n = len(loader.labels)
-        parts = [self.chain_outputs(loader.batch(torch.arange(i, min(n, i + chunk)))[0]) for i in range(0, n, chunk)]
-        return [torch.cat(depth) for depth in zip(*parts)]
+        n, out = len(loader.labels), []
+        for i in range(0, n, chunk):
+            outputs = self.chain_outputs(loader.batch(torch.arange(i, min(n, i + chunk)))[0])
+            out = out or [h.new_empty((n, *h.shape[1:])) for h in outputs]  # filled in place: no second copy
+            for whole, h in zip(out, outputs):
+                whole[i:i + len(h)] = h
+        return out
 
     def too_big(self, datamodule) -> str | None:
-        """Why the chain's outputs for the training and validation splits would not fit in
-        :data:`CACHE_BYTES`, or None."""
+        """Why the chain's outputs (every depth, as :meth:`cache` keeps them) for the training and
+        validation splits would not fit in :data:`CACHE_BYTES`, or None."""
         loaders = [datamodule.train_dataloader(), datamodule.val_dataloader()]
-        depths = {self._depth[n] for n in self.active if n in self._depth}
-        per_sample = sum(h.numel() for d, h in enumerate(self.chain_outputs(loaders[0].batch(torch.arange(1))[0]), 1) if d in depths)
-        size = per_sample * 4 * sum(len(loader.labels) for loader in loaders)
+        one = self.chain_outputs(loaders[0].batch(torch.arange(1))[0])
+        size = sum(h.numel() * h.element_size() for h in one) * sum(len(loader.labels) for loader in loaders)
         if size > CACHE_BYTES:
             return f"they would take {in_units(size)}, more than dnnkit.modules.bundle.CACHE_BYTES ({in_units(CACHE_BYTES)})"
         return None
@@ -279,18 +286,24 @@ def batches(loader, epoch: int, limit: int | float = 1.0):
 def not_plain(trainer, datamodule) -> str | None:
     """Why :meth:`TryBundle.fit_cached` cannot stand in for ``trainer``'s loop on ``datamodule``, or None."""
     from lightning.pytorch.accelerators import CPUAccelerator
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
     from dnnkit.data.loader import TensorLoader
+    from dnnkit.interrupt import StopOnSignal  # what the plain loop does too, between steps
 
+    # the values the loop mirrors, type and all: an int val_check_interval of 1 validates after every batch
     plain = {"val_check_interval": 1.0, "check_val_every_n_epoch": 1, "accumulate_grad_batches": 1, "max_steps": -1,
-             "overfit_batches": 0.0, "precision": "32-true"}
-    odd = [f"trainer.{k}={getattr(trainer, k)!r}" for k, v in plain.items() if getattr(trainer, k) != v]
+             "precision": "32-true"}
+    odd = [f"trainer.{k}={getattr(trainer, k)!r}" for k, v in plain.items()
+           if type(getattr(trainer, k)) is not type(v) or getattr(trainer, k) != v]
     odd += [f"trainer.{k}={getattr(trainer, k)!r}" for k in ("limit_train_batches", "limit_val_batches")
-            if getattr(trainer, k) != 1.0 and not (isinstance(getattr(trainer, k), int) and getattr(trainer, k) >= 1)]
+            if getattr(trainer, k) != 1.0 and not (type(getattr(trainer, k)) is int and getattr(trainer, k) >= 1)]
+    odd += [f"trainer.{k}={getattr(trainer, k)!r}" for k in ("overfit_batches", "min_epochs", "min_steps") if getattr(trainer, k)]
     if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.world_size != 1:
         odd.append("not one CPU process")
     if not trainer.max_epochs or trainer.max_epochs < 0:
         odd.append(f"trainer.max_epochs={trainer.max_epochs!r}")
+    odd += [f"the callback {type(c).__name__}" for c in trainer.callbacks if not isinstance(c, (StopOnSignal, ModelSummary, ProgressBar))]
     if odd:
         return ", ".join(odd)
     datamodule.setup("fit")
