@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from dnnkit.schedules import lightning_scheduler
+
 
 class DnnkitModule(L.LightningModule):
     """A ``LightningModule`` whose per-step bookkeeping costs less; nothing else changes.
@@ -34,3 +36,12 @@ class DnnkitModule(L.LightningModule):
                 f"{ckpt.monitor!r}{why}: set callbacks.checkpoint.monitor=null"
             )
 
+    def with_scheduler(self, optimizer):
+        """What ``configure_optimizers`` returns for ``optimizer``: the optimizer alone, or with the
+        scheduler that ``self.scheduler_factory`` makes (:func:`dnnkit.schedules.lightning_scheduler`;
+        ``monitor`` defaults to ``val/loss``)."""
+        if getattr(self, "scheduler_factory", None) is None:
+            return optimizer
+        scheduler = lightning_scheduler(self.scheduler_factory, optimizer, self._trainer)
+        scheduler.setdefault("monitor", "val/loss")
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

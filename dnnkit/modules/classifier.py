@@ -16,7 +16,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.mlp import MLP
-from dnnkit.schedules import lightning_scheduler
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], object]
@@ -181,9 +180,4 @@ class Classifier(DnnkitModule):
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or DEFAULT_OPTIMIZER
-        optimizer = factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = lightning_scheduler(self.scheduler_factory, optimizer, self._trainer)
-        scheduler.setdefault("monitor", "val/loss")
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return self.with_scheduler(factory(self.trainable_parameters()))

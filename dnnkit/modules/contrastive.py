@@ -33,7 +33,6 @@ from dnnkit.errors import DnnkitError, number
 from dnnkit.modules.base import DnnkitModule
 from dnnkit.nn.contrastive import ProjectionHead, check_temperature, feature_size, nt_xent
 from dnnkit.nn.mlp import MLP
-from dnnkit.schedules import lightning_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +172,7 @@ class ContrastivePretrainer(DnnkitModule):
     def configure_optimizers(self):
         params = [p for name, p in self.named_parameters() if not name.startswith("model.output.") and p.requires_grad]
         factory = self.optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-3))
-        optimizer = factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = lightning_scheduler(self.scheduler_factory, optimizer, self._trainer)
-        scheduler.setdefault("monitor", "val/loss")
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return self.with_scheduler(factory(params))
 
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
