@@ -244,8 +244,8 @@ def test_frozen_tries_on_cached_outputs_train_as_in_lightnings_loop(caplog, mlp,
 def test_what_the_plain_loop_does_not_mirror_is_named(trainer, why):
     from dnnkit.modules.bundle import not_plain
 
-    _, trainer, data = bundle_and_trainer(*frozen_tries(), **trainer)
-    assert not_plain(trainer, data) == why
+    _, trainer, _ = bundle_and_trainer(*frozen_tries(), **trainer)
+    assert not_plain(trainer) == why
 
 
 def test_a_signal_stops_the_cached_loop_and_the_members_compute_their_whole_forward(monkeypatch):

@@ -178,15 +178,19 @@ class TryBundle(DnnkitModule):
 
     def fit(self, trainer, datamodule) -> None:
         """Fit every member: those that take the shared chain on its outputs cached, in
-        :meth:`fit_cached` (unless :func:`not_plain` or :meth:`too_big` says why not), then
-        the others with ``trainer`` (Lightning's loop)."""
+        :meth:`fit_cached` (unless :func:`not_plain`, :func:`not_tensors` or :meth:`too_big` says
+        why not), then the others with ``trainer`` (Lightning's loop)."""
         cached = [n for n in self.active if n in self._depth]
-        why = (not_plain(trainer, datamodule) or self.too_big(datamodule)) if cached else None
+        why = not_plain(trainer) if cached else None
+        if cached and why is None:
+            datamodule.setup("fit")
+            train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+            why = not_tensors(train, val) or self.too_big(train, val)
         try:
             if cached and why is None:
                 others, self.active = [n for n in self.active if n not in cached], list(cached)
                 started = time.perf_counter()
-                self.fit_cached(datamodule, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches)
+                self.fit_cached(train, val, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches)
                 log.info("%d tries with frozen layers fitted on those layers' cached outputs in %.1f s", len(cached),
                          time.perf_counter() - started)
                 self.active = others
@@ -198,12 +202,13 @@ class TryBundle(DnnkitModule):
         finally:
             unskip(self._skipped)  # also when a fit raised or was interrupted
 
-    def fit_cached(self, datamodule, max_epochs: int, limit_train: int | float = 1.0, limit_val: int | float = 1.0) -> None:
-        """Fit the active members, which all take the shared chain, on the chain's outputs
-        computed once per split (as :class:`~dnnkit.data.feature_cache.CachedDataModule` caches
-        a frozen bottom), in a plain loop that does what Lightning's does for them: each epoch the
-        training split's batches in its loader's order, a zeroed gradient, the summed loss's
-        backward and an optimizer step for each; then the validation split's batches in eval mode,
+    def fit_cached(self, train, val, max_epochs: int, limit_train: int | float = 1.0, limit_val: int | float = 1.0) -> None:
+        """Fit the active members, which all take the shared chain, on the chain's outputs for the
+        ``train`` and ``val`` loaders (:class:`~dnnkit.data.TensorLoader` s), computed once (as
+        :class:`~dnnkit.data.feature_cache.CachedDataModule` caches a frozen bottom), in a plain
+        loop that does what Lightning's does for them: each epoch the training split's batches
+        in its loader's order, a zeroed gradient, the summed loss's backward and an optimizer step
+        for each; then the validation split's batches in eval mode,
         each member's best state and early stop as in Lightning's loop. A frozen try's step is a
         few small layers, so Lightning's per-step bookkeeping (hooks, closures, profiler contexts)
         is most of its cost: ``+recipe=reuse_search`` with only its five frozen tries takes 6.4 s
@@ -211,8 +216,6 @@ class TryBundle(DnnkitModule):
         A pending Ctrl-C or SIGTERM stops it between steps."""
         from dnnkit import interrupt
 
-        datamodule.setup("fit")
-        train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
         features = {"train": self.cache(train), "val": self.cache(val)}
         optimizer = self.configure_optimizers()
         for epoch in range(max_epochs):
@@ -244,12 +247,11 @@ class TryBundle(DnnkitModule):
                 whole[i:i + len(h)] = h
         return out
 
-    def too_big(self, datamodule) -> str | None:
-        """Why the chain's outputs (every depth, as :meth:`cache` keeps them) for the training and
-        validation splits would not fit in :data:`CACHE_BYTES`, or None."""
-        loaders = [datamodule.train_dataloader(), datamodule.val_dataloader()]
-        one = self.chain_outputs(loaders[0].batch(torch.arange(1))[0])
-        size = sum(h.numel() * h.element_size() for h in one) * sum(len(loader.labels) for loader in loaders)
+    def too_big(self, train, val) -> str | None:
+        """Why the chain's outputs (every depth, as :meth:`cache` keeps them) for the ``train`` and
+        ``val`` loaders would not fit in :data:`CACHE_BYTES`, or None."""
+        one = self.chain_outputs(train.batch(torch.arange(1))[0])
+        size = sum(h.numel() * h.element_size() for h in one) * (len(train.labels) + len(val.labels))
         if size > CACHE_BYTES:
             return f"they would take {in_units(size)}, more than dnnkit.modules.bundle.CACHE_BYTES ({in_units(CACHE_BYTES)})"
         return None
@@ -283,12 +285,11 @@ def batches(loader, epoch: int, limit: int | float = 1.0):
     return (order[i * size:(i + 1) * size] for i in range(n))
 
 
-def not_plain(trainer, datamodule) -> str | None:
-    """Why :meth:`TryBundle.fit_cached` cannot stand in for ``trainer``'s loop on ``datamodule``, or None."""
+def not_plain(trainer) -> str | None:
+    """Why :meth:`TryBundle.fit_cached` cannot stand in for ``trainer``'s loop, or None."""
     from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
-    from dnnkit.data.loader import TensorLoader
     from dnnkit.interrupt import StopOnSignal  # what the plain loop does too, between steps
 
     # the values the loop mirrors, type and all: an int val_check_interval of 1 validates after every batch
@@ -304,11 +305,14 @@ def not_plain(trainer, datamodule) -> str | None:
     if not trainer.max_epochs or trainer.max_epochs < 0:
         odd.append(f"trainer.max_epochs={trainer.max_epochs!r}")
     odd += [f"the callback {type(c).__name__}" for c in trainer.callbacks if not isinstance(c, (StopOnSignal, ModelSummary, ProgressBar))]
-    if odd:
-        return ", ".join(odd)
-    datamodule.setup("fit")
-    loaders = {"train": datamodule.train_dataloader(), "val": datamodule.val_dataloader()}
-    for split, loader in loaders.items():
+    return ", ".join(odd) if odd else None
+
+
+def not_tensors(train, val) -> str | None:
+    """Why the ``train`` and ``val`` loaders cannot be cached (not plain :class:`~dnnkit.data.TensorLoader` s), or None."""
+    from dnnkit.data.loader import TensorLoader
+
+    for split, loader in {"train": train, "val": val}.items():
         if type(loader) is not TensorLoader:
             return f"the {split} batches come from a {type(loader).__name__}, not a TensorLoader"
         if loader.augment is not None:
